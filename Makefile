@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh clone: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LEGACY := .venv-legacy
+
+.PHONY: test demo bench soak lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# The official legacy client pins protobuf 3.x, which conflicts with clarifai-grpc:
+# it gets a virtualenv of its own, used by tests/test_legacy_client.py.
+$(LEGACY)/.installed:
+	test -x $(LEGACY)/bin/python || $(PY) -m venv $(LEGACY)
+	$(LEGACY)/bin/python -m pip install -q 'clarifai==2.6.2' 'protobuf==3.19.6' \
+	    'googleapis-common-protos==1.56.4'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.installed $(LEGACY)/.installed
+	$(BIN)/ruff check .
+	SYNCD_LEGACY_PYTHON=$(CURDIR)/$(LEGACY)/bin/python $(BIN)/python -m pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m syncd.demo
+
+clean:
+	rm -rf $(VENV) $(LEGACY) demo .pytest_cache .hypothesis

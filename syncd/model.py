@@ -1,0 +1,224 @@
+"""Plain data shared by every module: what is on disk, what the ledger believes, what to do.
+
+Everything here is frozen and hashable so the planner can stay a pure function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+#: Reserved metadata key under which syncd records ownership of an input.
+MARKER_KEY = "syncd"
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """The stat fields that decide whether a file must be hashed again."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+
+def normalize_metadata(value: Any) -> Any:
+    """Bring a metadata value into the form the remote stores (a protobuf Struct).
+
+    Numbers become floats (Struct has only doubles), nulls are dropped (PATCH `merge` ignores
+    null, so a null can never be set and would look like drift forever), keys are kept as is.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        f = float(value)
+        if math.isnan(f) or math.isinf(f):
+            raise ValueError("metadata numbers must be finite")
+        return f
+    if isinstance(value, Mapping):
+        return {str(k): normalize_metadata(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [normalize_metadata(v) for v in value if v is not None]
+    raise ValueError(f"unsupported metadata value of type {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value, so equal metadata compares equal as text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+Concepts = tuple[tuple[str, float], ...]
+"""Concept ids with their value, sorted by id: 1.0 present, 0.0 absent."""
+
+
+def make_concepts(values: Mapping[str, bool | float]) -> Concepts:
+    return tuple(sorted((cid, 1.0 if float(v) > 0.5 else 0.0) for cid, v in values.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """What an input carries besides its bytes: concepts and metadata (canonical JSON)."""
+
+    concepts: Concepts = ()
+    metadata: str = "{}"
+
+    @classmethod
+    def build(cls, concepts: Mapping[str, bool | float], metadata: Mapping[str, Any]) -> Labels:
+        return cls(make_concepts(concepts), canonical_json(normalize_metadata(metadata)))
+
+    def metadata_dict(self) -> dict[str, Any]:
+        return json.loads(self.metadata)
+
+    def concepts_dict(self) -> dict[str, float]:
+        return dict(self.concepts)
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Ownership marker stored at metadata[MARKER_KEY] on every input syncd creates."""
+
+    source: str
+    path: str
+    sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"source": self.source, "path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Marker | None:
+        raw = metadata.get(MARKER_KEY)
+        if not isinstance(raw, Mapping):
+            return None
+        source, path, sha = raw.get("source"), raw.get("path"), raw.get("sha256")
+        if not all(isinstance(x, str) and x for x in (source, path, sha)):
+            return None
+        return cls(source, path, sha)  # type: ignore[arg-type]
+
+
+def derive_input_id(source_name: str, rel_path: str) -> str:
+    """The stable id of an image without an explicit id: 32 lowercase hex characters.
+
+    sha256 over the source name and the relative path's bytes; never random, so a re-run or a
+    crash can only ever meet the same id again.
+    """
+    raw = source_name.encode() + b"\0" + rel_path.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+# --- the local side -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    """One image found under the root, with the labels its sidecar gives it.
+
+    `problem` set means the image must be left alone this pass: not added if new, not relabelled
+    or replaced if known, and never deleted (an invalid sidecar, an unreadable or oversized
+    file, bytes that are not an image, a file that changed while being read, an id conflict).
+    """
+
+    path: str
+    stat: FileStat
+    input_id: str
+    sha256: str | None
+    labels: Labels | None
+    sidecar: str | None = None
+    problem: str | None = None
+    hashed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSnapshot:
+    """The result of scanning the root (or a part of it).
+
+    `scope` is None for a full scan; otherwise only ledger paths under one of these relative
+    prefixes may be judged missing. `unscanned` lists relative directories that could not be
+    read: nothing under them is judged missing either.
+    """
+
+    images: Mapping[str, LocalImage]
+    orphan_sidecars: Mapping[str, str] = field(default_factory=dict)
+    root_problem: str | None = None
+    scope: tuple[str, ...] | None = None
+    unscanned: tuple[str, ...] = ()
+
+    def covers(self, path: str) -> bool:
+        """Whether absence of `path` from this snapshot means the file is really gone."""
+        if self.root_problem is not None:
+            return False
+        if any(_under(path, d) for d in self.unscanned):
+            return False
+        return self.scope is None or any(_under(path, s) for s in self.scope)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix in ("", ".") or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+# --- what the ledger believes the remote holds ----------------------------------------------
+
+
+class InputState(StrEnum):
+    ADDING = "adding"  # add intent written: the POST may or may not have reached the remote
+    PENDING = "pending"  # accepted, processing remotely (30001 / 30003)
+    PROCESSED = "processed"  # 30000
+    FAILED = "failed"  # processing or the add failed permanently for these bytes
+    DELETING = "deleting"  # delete sent (or about to be): waiting for the remote to drop it
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One input syncd owns (or is creating), keyed by input id."""
+
+    input_id: str
+    path: str
+    state: InputState
+    sha256: str | None
+    labels: Labels | None
+    code: int | None = None
+    description: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteInput:
+    """An input as listed by the remote, reduced to what reconcile compares."""
+
+    input_id: str
+    labels: Labels
+    marker: Marker | None
+    status_code: int | None
+
+
+# --- what to do ---------------------------------------------------------------------------
+
+
+class OpKind(StrEnum):
+    ADD = "add"
+    PATCH = "patch"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One change to the remote, for one input.
+
+    add:    `labels` is the full labels to create with (metadata includes the marker).
+    patch:  `remove` (concept ids / metadata keys to drop) is applied before `merge`.
+    delete: `replace` is True when the input is deleted only to be added again with new bytes.
+    """
+
+    kind: OpKind
+    input_id: str
+    path: str
+    reason: str
+    sha256: str | None = None
+    labels: Labels | None = None
+    remove: Labels | None = None
+    merge: Labels | None = None
+    replace: bool = False
