@@ -1,0 +1,697 @@
+"""The ledger: one SQLite file holding the local stat cache and what syncd believes the remote has.
+
+The only module that talks to SQLite. sqlite-utils owns the schema (`Migrations`, each step in a
+transaction with its bookkeeping row); the hot paths use plain `executemany` on the same
+connection, because per-row overhead matters at a million files.
+
+On disk: `<path>` (WAL mode, with `<path>-wal` / `<path>-shm` beside it while open) and
+`<path>.lock`, which holds the pid of the process using the ledger. Tables:
+
+- `files`  the stat cache, keyed by relative path: size, mtime_ns, ctime_ns, inode, sha256,
+           trusted, error, seen_at.
+- `inputs` the inputs syncd owns or is creating, keyed by input id: path, state, sha256,
+           concepts, metadata (both NULL when the labels are unknown), code, description, error,
+           attempts, updated_at.
+- `passes` one row per sync pass; `meta` key/value (schema version, source name, remote).
+
+Paths are stored as BLOBs of their UTF-8 bytes with `surrogateescape`, so a file name that is not
+valid UTF-8 survives unchanged; metadata is stored as a BLOB with `surrogatepass` for the same
+reason (the ownership marker carries the path).
+
+Recovery from a corrupt or truncated ledger: move it aside (`Ledger.move_aside`, which is what
+`syncd reconcile --rebuild-ledger` does) and run `syncd reconcile`; the inputs table is rebuilt
+from the ownership markers the remote holds, and nothing is uploaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import structlog
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from syncd.errors import LedgerError, LedgerLocked
+from syncd.model import FileStat, InputRecord, InputState, Labels
+from syncd.scanner import FileRecord, KnownFile
+
+log = structlog.get_logger(__name__)
+
+RECOVERY = (
+    "move it aside (syncd reconcile --rebuild-ledger does this) and run `syncd reconcile`: "
+    "the ledger is rebuilt from the remote's ownership markers without re-uploading"
+)
+BUSY_TIMEOUT_MS = 5000
+_SIDE_FILES = ("-wal", "-shm")
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+# --- schema ---------------------------------------------------------------------------------
+
+MIGRATIONS = Migrations("syncd-ledger")
+_MIGRATION_NAMES: list[str] = []
+
+
+def _migration(name: str) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+    """Register a schema step; its position in the list is the schema version it produces."""
+
+    def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+        _MIGRATION_NAMES.append(name)
+        version = len(_MIGRATION_NAMES)
+
+        def step(db: Database) -> None:
+            fn(db)
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [str(version)],
+            )
+
+        step.__name__ = name
+        MIGRATIONS(name=name)(step)
+        return fn
+
+    return register
+
+
+@_migration("0001_initial")
+def _initial(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key", not_null=["value"], strict=True)
+    db["files"].create(
+        {
+            "path": bytes,
+            "size": int,
+            "mtime_ns": int,
+            "ctime_ns": int,
+            "inode": int,
+            "sha256": str,
+            "trusted": int,
+            "error": str,
+            "seen_at": float,
+        },
+        pk="path",
+        not_null=["trusted", "seen_at"],
+        strict=True,
+    )
+    db["inputs"].create(
+        {
+            "input_id": str,
+            "path": bytes,
+            "state": str,
+            "sha256": str,
+            "concepts": str,
+            "metadata": bytes,
+            "code": int,
+            "description": str,
+            "error": str,
+            "attempts": int,
+            "updated_at": float,
+        },
+        pk="input_id",
+        not_null=["path", "state", "attempts", "updated_at"],
+        defaults={"attempts": 0},
+        strict=True,
+    )
+    db["inputs"].create_index(["path"])
+    db["passes"].create(
+        {
+            "id": int,
+            "kind": str,
+            "started_at": float,
+            "finished_at": float,
+            "summary": str,
+            "exit_code": int,
+        },
+        pk="id",
+        not_null=["kind", "started_at"],
+        strict=True,
+    )
+
+
+SCHEMA_VERSION = len(_MIGRATION_NAMES)
+
+# --- SQL for the hot paths ------------------------------------------------------------------
+
+_UPSERT_FILE = """
+INSERT INTO files(path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error, seen_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(path) DO UPDATE SET
+  size = excluded.size, mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns,
+  inode = excluded.inode, sha256 = excluded.sha256, trusted = excluded.trusted,
+  error = excluded.error, seen_at = excluded.seen_at
+"""
+_NOT_SEEN = "path NOT IN (SELECT path FROM temp.seen_paths)"
+
+# attempts: a new row starts at 0 (1 with attempt=True); it is kept, plus the new attempt, while
+# the bytes stay the same; it starts over when the input is processed or its bytes change.
+_UPSERT_INPUT = """
+INSERT INTO inputs(input_id, path, state, sha256, concepts, metadata, code, description, error,
+                   attempts, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(input_id) DO UPDATE SET
+  path = excluded.path, state = excluded.state, sha256 = excluded.sha256,
+  concepts = excluded.concepts, metadata = excluded.metadata, code = excluded.code,
+  description = excluded.description, error = excluded.error,
+  attempts = CASE
+    WHEN excluded.state = 'processed' OR inputs.sha256 IS NOT excluded.sha256
+      THEN excluded.attempts
+    ELSE inputs.attempts + excluded.attempts
+  END,
+  updated_at = excluded.updated_at
+"""
+_INPUT_COLUMNS = "input_id, path, state, sha256, concepts, metadata, code, description, error"
+
+
+class Ledger:
+    """One open ledger file, held exclusively by this process.
+
+    Safe to call from several threads: all calls share one connection behind a re-entrant lock,
+    and `transaction()` holds that lock for its whole block, so another thread's writes wait
+    instead of joining (or being rolled back with) someone else's transaction.
+    """
+
+    def __init__(
+        self, path: Path, db: Database, lock_fd: int | None, clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self._db: Database | None = db
+        self._lock_fd = lock_fd
+        self._clock = clock
+        self._mutex = threading.RLock()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: Path, *, clock: Callable[[], float] = time.time, lock: bool = True
+    ) -> Ledger:
+        """Open (creating if needed) and migrate the ledger at `path`, taking its process lock.
+
+        Raises LedgerLocked when another process holds it, LedgerError when the file is corrupt,
+        truncated or written by a newer syncd. `lock=False` opens an existing ledger read-only
+        without the lock (for `syncd status` while a daemon runs): nothing is migrated, and any
+        write raises LedgerError.
+        """
+        path = Path(path)
+        if lock:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = _acquire_lock(path) if lock else None
+        try:
+            db = _connect(path, read_only=not lock)
+            try:
+                applied = _migrate(path, db, read_only=not lock)
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+        log.info("ledger_opened", path=str(path), read_only=not lock, migrated=applied)
+        return cls(path, db, lock_fd, clock)
+
+    def close(self) -> None:
+        """Close the database (checkpointing the WAL) and release the process lock; idempotent."""
+        with self._mutex:
+            if self._db is None:
+                return
+            db, self._db = self._db, None
+            try:
+                db.close()
+            finally:
+                _release_lock(self._lock_fd)
+            log.debug("ledger_closed", path=str(self.path))
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def move_aside(path: Path) -> Path | None:
+        """Rename the ledger (and its -wal/-shm) to `<path>.corrupt-<UTC timestamp>`.
+
+        Returns the new path of the main file, or None if there was nothing to move. Takes the
+        process lock while renaming, so a ledger in use elsewhere is never moved (LedgerLocked).
+        """
+        path = Path(path)
+        present = [s for s in ("", *_SIDE_FILES) if Path(f"{path}{s}").exists()]
+        if not present:
+            return None
+        lock_fd = _acquire_lock(path)
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            target = Path(f"{path}.corrupt-{stamp}")
+            n = 1
+            while any(Path(f"{target}{s}").exists() for s in ("", *_SIDE_FILES)):
+                n += 1
+                target = Path(f"{path}.corrupt-{stamp}-{n}")
+            for suffix in present:
+                os.replace(f"{path}{suffix}", f"{target}{suffix}")
+        finally:
+            _release_lock(lock_fd)
+        log.warning("ledger_moved_aside", path=str(path), moved_to=str(target))
+        return target
+
+    # --- transactions -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes atomically: all of them land, or none. Nests (savepoints)."""
+        with self._mutex, self._guard():
+            db = self._live()
+            with db.atomic():
+                yield
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex, self._guard():
+            yield self._live().conn
+
+    def _live(self) -> Database:
+        if self._db is None:
+            raise LedgerError(f"ledger {self.path} is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            error = _ledger_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    # --- file cache -----------------------------------------------------------------------
+
+    def known_files(self) -> dict[str, KnownFile]:
+        """Every cached path with a complete stat and a hash (what the scanner may trust)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted FROM files "
+                "WHERE size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
+                "AND inode IS NOT NULL AND sha256 IS NOT NULL"
+            ).fetchall()
+        return {
+            _path_out(p): KnownFile(stat=FileStat(s, m, c, i), sha256=h, trusted=bool(t))
+            for p, s, m, c, i, h, t in rows
+        }
+
+    def record_files(self, records: Iterable[FileRecord], *, scope: Sequence[str] | None) -> None:
+        """Upsert `records`; then forget cached paths under `scope` that are not among them.
+
+        `scope` None means the records are a full scan and replace the table. A scope prefix
+        covers itself and everything below it ("" or "." covers everything), as in
+        `LocalSnapshot.covers`.
+        """
+        now = self._clock()
+        rows = [_file_row(r, now) for r in records]
+        with self.transaction():
+            conn = self._live().conn
+            conn.execute("DELETE FROM temp.seen_paths")
+            conn.executemany(_UPSERT_FILE, rows)
+            conn.executemany(
+                "INSERT OR IGNORE INTO temp.seen_paths(path) VALUES (?)", [(r[0],) for r in rows]
+            )
+            deleted = 0
+            if scope is None or any(s in ("", ".") for s in scope):
+                deleted = conn.execute(f"DELETE FROM files WHERE {_NOT_SEEN}").rowcount
+            else:
+                for prefix in scope:
+                    exact, low, high = _scope_bounds(prefix)
+                    deleted += conn.execute(
+                        "DELETE FROM files WHERE (path = ? OR (path >= ? AND path < ?)) "
+                        f"AND {_NOT_SEEN}",
+                        (exact, low, high),
+                    ).rowcount
+            conn.execute("DELETE FROM temp.seen_paths")
+        log.debug("ledger_files_recorded", upserted=len(rows), deleted=deleted)
+
+    def file_errors(self) -> list[tuple[str, str]]:
+        """(path, error) of every cached file that could not be read, sorted by path."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path"
+            ).fetchall()
+        return [(_path_out(p), e) for p, e in rows]
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def inputs(self) -> dict[str, InputRecord]:
+        """Every input the ledger knows, by input id."""
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT {_INPUT_COLUMNS} FROM inputs").fetchall()
+        return {row[0]: _input_out(row) for row in rows}
+
+    def input(self, input_id: str) -> InputRecord | None:
+        """The input with this id, or None."""
+        with self._reading() as conn:
+            row = conn.execute(
+                f"SELECT {_INPUT_COLUMNS} FROM inputs WHERE input_id = ?", (input_id,)
+            ).fetchone()
+        return None if row is None else _input_out(row)
+
+    def put_inputs(self, records: Iterable[InputRecord], *, attempt: bool = False) -> None:
+        """Upsert `records` in one transaction.
+
+        The attempts counter is kept across updates; `attempt=True` (use it with the intent
+        written before a request) adds one. It starts over when an input is processed or its
+        bytes (sha256) change.
+        """
+        now = self._clock()
+        rows = [_input_row(r, now, attempt) for r in records]
+        with self.transaction():
+            self._live().conn.executemany(_UPSERT_INPUT, rows)
+
+    def drop_inputs(self, ids: Iterable[str]) -> None:
+        """Forget these inputs (unknown ids are ignored), in one transaction."""
+        with self.transaction():
+            self._live().conn.executemany(
+                "DELETE FROM inputs WHERE input_id = ?", [(i,) for i in ids]
+            )
+
+    def attempts(self) -> dict[str, int]:
+        """Input id -> attempts, for the inputs with at least one attempt counted."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT input_id, attempts FROM inputs WHERE attempts > 0")
+            return dict(rows.fetchall())
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Number of inputs in each state, every state present (0 when none)."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM inputs GROUP BY state").fetchall()
+        counts = {state.value: 0 for state in InputState}
+        counts.update(dict(rows))
+        return counts
+
+    def input_errors(self) -> list[tuple[str, str, str]]:
+        """(input id, path, error) of every input carrying an error, sorted by path."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT input_id, path, error FROM inputs WHERE error IS NOT NULL "
+                "ORDER BY path, input_id"
+            ).fetchall()
+        return [(i, _path_out(p), e) for i, p, e in rows]
+
+    # --- passes and meta --------------------------------------------------------------------
+
+    def start_pass(self, kind: str) -> int:
+        """Record the start of a sync pass; returns its id."""
+        with self.transaction():
+            cur = self._live().conn.execute(
+                "INSERT INTO passes(kind, started_at) VALUES (?, ?)", (kind, self._clock())
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_pass(self, pass_id: int, *, summary: Mapping[str, Any], exit_code: int) -> None:
+        """Record the end of a pass with its summary (JSON) and exit code."""
+        text = json.dumps(dict(summary), sort_keys=True, default=str)
+        with self.transaction():
+            self._live().conn.execute(
+                "UPDATE passes SET finished_at = ?, summary = ?, exit_code = ? WHERE id = ?",
+                (self._clock(), text, exit_code, pass_id),
+            )
+
+    def last_pass(self) -> dict[str, Any] | None:
+        """The most recently started pass (finished or not) as a dict, or None."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT id, kind, started_at, finished_at, summary, exit_code FROM passes "
+                "ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "kind", "started_at", "finished_at", "summary", "exit_code")
+        result = dict(zip(keys, row, strict=True))
+        result["summary"] = None if row[4] is None else json.loads(row[4])
+        return result
+
+    def get_meta(self, key: str) -> str | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._live().conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def check_identity(self, *, source_name: str, remote: str) -> None:
+        """Bind the ledger to one source and one remote app on first use; refuse any other.
+
+        `remote` names the API base and the app (never the key), e.g. "<api base> <user>/<app>".
+        """
+        with self.transaction():
+            stored = {k: self.get_meta(k) for k in ("source_name", "remote")}
+            wanted = {"source_name": source_name, "remote": remote}
+            mismatched = [k for k, v in stored.items() if v is not None and v != wanted[k]]
+            if mismatched:
+                raise LedgerError(
+                    f"ledger {self.path} belongs to source {stored['source_name']!r} on "
+                    f"{stored['remote']!r}, not to source {source_name!r} on {remote!r}; use a "
+                    "different [ledger] path, or move this one aside "
+                    "(syncd reconcile --rebuild-ledger) to rebuild it from the remote"
+                )
+            for key, value in wanted.items():
+                if stored[key] is None:
+                    self.set_meta(key, value)
+                    log.info("ledger_identity_recorded", path=str(self.path), **{key: value})
+
+    def size_bytes(self) -> int:
+        """Bytes the ledger takes on disk (the file plus its -wal and -shm)."""
+        total = 0
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _lock_path(path: Path) -> Path:
+    return Path(f"{path}.lock")
+
+
+def _acquire_lock(path: Path) -> int:
+    """Take the exclusive process lock of the ledger at `path` without waiting; returns its fd."""
+    lock_path = _lock_path(path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger lock {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        log.warning("ledger_locked", path=str(path), holder_pid=holder)
+        raise LedgerLocked(
+            f"ledger {path} is in use by another syncd process (pid {holder}); stop it first, "
+            "or use a different [ledger] path"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise LedgerError(f"cannot lock the ledger {path}: {exc.strerror}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    # Closing the only descriptor drops the flock; the file stays (unlinking a lock file races).
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _connect(path: Path, *, read_only: bool) -> Database:
+    """Open the SQLite file (WAL mode unless read-only) and check that it is a healthy database."""
+    if read_only and not path.is_file():
+        raise LedgerError(f"ledger {path} does not exist")
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    target = f"file:{quote(os.fsencode(path))}?mode=ro" if read_only else str(path)
+    try:
+        conn = sqlite3.connect(
+            target,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=read_only,
+        )
+    except sqlite3.Error as exc:
+        _raise_ledger_error(path, exc)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise _corrupt(path, "; ".join(problems[:3]))
+        conn.execute("CREATE TEMP TABLE seen_paths (path BLOB PRIMARY KEY) WITHOUT ROWID")
+    except sqlite3.Error as exc:
+        conn.close()
+        _raise_ledger_error(path, exc)
+    except BaseException:
+        conn.close()
+        raise
+    return Database(conn, execute_plugins=False)
+
+
+def _migrate(path: Path, db: Database, *, read_only: bool) -> list[str]:
+    """Apply pending migrations; refuse a ledger written by a newer syncd."""
+    try:
+        applied = [m.name for m in MIGRATIONS.applied(db)]
+        unknown = [name for name in applied if name not in _MIGRATION_NAMES]
+        version = _stored_version(db)
+        if unknown or version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {path} has schema version {max(version, len(applied))}, newer than this "
+                f"syncd understands ({SCHEMA_VERSION}): upgrade syncd, or use a different "
+                "[ledger] path"
+            )
+        pending = [m.name for m in MIGRATIONS.pending(db)]
+        if read_only:
+            if pending:
+                raise LedgerError(
+                    f"ledger {path} has an older schema; run syncd once (run or reconcile) to "
+                    "upgrade it"
+                )
+            return []
+        MIGRATIONS.apply(db)
+    except sqlite3.Error as exc:
+        _raise_ledger_error(path, exc)
+    for name in pending:
+        log.info("ledger_migration_applied", path=str(path), migration=name)
+    return pending
+
+
+def _stored_version(db: Database) -> int:
+    if not db["meta"].exists():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row else 0
+    except ValueError:
+        return 0
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return True
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _corrupt(path: Path, detail: str) -> LedgerError:
+    log.error("ledger_corrupt", path=str(path), detail=detail)
+    return LedgerError(f"ledger {path} is corrupt or truncated ({detail}); {RECOVERY}")
+
+
+def _ledger_error(path: Path, exc: sqlite3.Error) -> LedgerError | None:
+    """The LedgerError an SQLite error means; None for a programming error (let it propagate)."""
+    if _is_corruption(exc):
+        return _corrupt(path, str(exc))
+    if isinstance(exc, sqlite3.OperationalError):
+        return LedgerError(f"ledger {path}: {exc}")
+    return None
+
+
+def _raise_ledger_error(path: Path, exc: sqlite3.Error) -> NoReturn:
+    error = _ledger_error(path, exc)
+    if error is None:
+        raise exc
+    raise error from exc
+
+
+def _path_in(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _path_out(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _text_in(text: str | None) -> str | None:
+    """Free text (errors, descriptions) made storable: lone surrogates become escapes."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _scope_bounds(prefix: str) -> tuple[bytes, bytes, bytes]:
+    """(the prefix itself, low, high): paths below it are the blobs in [low, high)."""
+    below = _path_in(prefix.rstrip("/")) + b"/"
+    return _path_in(prefix), below, below[:-1] + b"0"  # "0" is the byte after "/"
+
+
+def _file_row(r: FileRecord, now: float) -> tuple[Any, ...]:
+    st = r.stat
+    return (
+        _path_in(r.path),
+        None if st is None else st.size,
+        None if st is None else st.mtime_ns,
+        None if st is None else st.ctime_ns,
+        None if st is None else st.inode,
+        r.sha256,
+        int(r.trusted),
+        _text_in(r.error),
+        now,
+    )
+
+
+def _input_row(r: InputRecord, now: float, attempt: bool) -> tuple[Any, ...]:
+    labels = r.labels
+    return (
+        r.input_id,
+        _path_in(r.path),
+        InputState(r.state).value,
+        r.sha256,
+        None if labels is None else json.dumps([[c, v] for c, v in labels.concepts]),
+        None if labels is None else labels.metadata.encode("utf-8", "surrogatepass"),
+        r.code,
+        _text_in(r.description),
+        _text_in(r.error),
+        int(attempt and r.state != InputState.PROCESSED),
+        now,
+    )
+
+
+def _input_out(row: tuple[Any, ...]) -> InputRecord:
+    input_id, path, state, sha, concepts, metadata, code, description, error = row
+    labels = None
+    if concepts is not None and metadata is not None:
+        labels = Labels(
+            tuple((str(c), float(v)) for c, v in json.loads(concepts)),
+            metadata.decode("utf-8", "surrogatepass"),
+        )
+    return InputRecord(
+        input_id=input_id,
+        path=_path_out(path),
+        state=InputState(state),
+        sha256=sha,
+        labels=labels,
+        code=code,
+        description=description,
+        error=error,
+    )
