@@ -209,7 +209,8 @@ class Operation:
     """One change to the remote, for one input.
 
     add:    `labels` is the full labels to create with (metadata includes the marker).
-    patch:  `remove` (concept ids / metadata keys to drop) is applied before `merge`.
+    patch:  `remove` (concept ids / metadata keys to drop) is applied before `merge`; `labels`
+            is what the input carries once both are applied.
     delete: `replace` is True when the input is deleted only to be added again with new bytes.
     """
 
