@@ -1,0 +1,700 @@
+"""The HTTP client for the Clarifai v2 inputs API: the only module that imports requests.
+
+Every answer is judged on its body's `status.code` (a number or an enum name), with the HTTP
+status only as a hint (see /work/shared/clarifai-api.md, 3.2). Retryable failures (429, 5xx,
+TRY_AGAIN, maintenance, RPC busy, internal errors, connection errors, read timeouts) are
+retried with full-jitter exponential backoff, honouring Retry-After, up to `max_attempts`;
+a 429 also pauses every other thread of this client. The API key never leaves the session
+headers: it is redacted from every message this module builds and never logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import requests
+import structlog
+from requests.adapters import HTTPAdapter
+
+from syncd.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    RejectedError,
+    ThrottledError,
+    TransientError,
+)
+from syncd.ratelimit import TokenBucket
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 128  # inputs per POST/PATCH, ids per DELETE
+MAX_IDS_PER_LIST = 128  # ids per filtered list request
+MAX_QUERY_CHARS = 6000  # keep filtered list URLs well below common 8 KiB limits
+MAX_PER_PAGE = 1000
+MAX_RETRY_AFTER = 600.0  # a Retry-After beyond ten minutes is clamped
+COUNT_FIELDS = (
+    "processed",
+    "to_process",
+    "errors",
+    "processing",
+    "reindexed",
+    "to_reindex",
+    "reindex_errors",
+    "reindexing",
+)
+
+# Enum names a server may send instead of numbers (clarifai-grpc status_code.proto).
+CODE_NAMES: dict[str, int] = {
+    "SUCCESS": 10000,
+    "MIXED_STATUS": 10010,
+    "FAILURE": 10020,
+    "TRY_AGAIN": 10030,
+    "CONN_ACCOUNT_ISSUES": 11000,
+    "CONN_TOKEN_INVALID": 11001,
+    "CONN_CREDENTIALS_INVALID": 11002,
+    "CONN_EXCEED_HOURLY_LIMIT": 11003,
+    "CONN_EXCEED_MONTHLY_LIMIT": 11004,
+    "CONN_THROTTLED": 11005,
+    "CONN_EXCEEDS_LIMITS": 11006,
+    "CONN_INSUFFICIENT_SCOPES": 11007,
+    "CONN_KEY_INVALID": 11008,
+    "CONN_KEY_NOT_FOUND": 11009,
+    "CONN_BAD_REQUEST_FORMAT": 11100,
+    "CONN_DOES_NOT_EXIST": 11101,
+    "CONN_INVALID_REQUEST": 11102,
+    "CONN_METHOD_NOT_ALLOWED": 11103,
+    "INPUT_SUCCESS": 30000,
+    "INPUT_DOWNLOAD_SUCCESS": 30000,
+    "INPUT_PENDING": 30001,
+    "INPUT_DOWNLOAD_PENDING": 30001,
+    "INPUT_FAILED": 30002,
+    "INPUT_DOWNLOAD_FAILED": 30002,
+    "INPUT_IN_PROGRESS": 30003,
+    "INPUT_DOWNLOAD_IN_PROGRESS": 30003,
+    "INPUT_DUPLICATE": 30100,
+    "INPUT_UNSUPPORTED_FORMAT": 30101,
+    "INPUT_DOES_NOT_EXIST": 30102,
+    "INPUT_INVALID_ARGUMENT": 30104,
+    "INPUT_MODIFY_SUCCESS": 30200,
+    "INPUT_MODIFY_PENDING": 30201,
+    "INPUT_MODIFY_FAILED": 30203,
+    "REQUEST_DISABLED_FOR_MAINTENANCE": 39997,
+    "INPUT_WRITES_DISABLED_FOR_MAINTENANCE": 39998,
+    "INPUT_INVALID_REQUEST": 39999,
+    "DATABASE_DUPLICATE_KEY": 40010,
+    "RPC_REQUEST_QUEUE_FULL": 40030,
+    "RPC_SERVER_UNAVAILABLE": 40031,
+    "RPC_REQUEST_TIMEOUT": 40032,
+    "RPC_MAX_MESSAGE_SIZE_EXCEEDED": 40033,
+    "DATASET_INPUT_SUCCESS": 64100,
+    "DATASET_INPUT_DUPLICATE": 64101,
+    "INTERNAL_SERVER_ISSUE": 98004,
+}
+AUTH_CODES = frozenset({11001, 11002, 11007, 11008, 11009, 11102})
+THROTTLE_CODES = frozenset({11005, 11003})  # the SDK retries the hourly limit like a throttle
+TRANSIENT_CODES = frozenset({10030, 39997, 39998, 40030, 40031, 40032})
+NOT_FOUND_CODES = frozenset({11101, 30102})
+ITEM_OK_CODES = frozenset({10000, 30000, 30001, 30003, 30200, 30201, 64100})
+DUPLICATE_ID_DETAILS = "Input has a duplicate ID."
+# Text that says *this* input's id is taken: anchored, so "another input in this batch has a
+# duplicate ID" (an innocent bystander of a failed batch) does not read as a duplicate.
+_DUPLICATE_ID_RE = re.compile(
+    r"^\s*(input\s+)?(has\s+a\s+)?duplicate[ _-]*(input[ _-]*)?id\b"
+    r"|^\s*(input\s+)?id\s+(already\s+exists|is\s+already\s+taken)",
+    re.IGNORECASE,
+)
+_TRANSIENT_EXCEPTIONS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+# --- pure pieces ----------------------------------------------------------------------------
+
+
+def parse_code(value: Any) -> int | None:
+    """A status code given as a number, a numeric string or an enum name; None if unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        return CODE_NAMES.get(text.upper())
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One HTTP answer reduced to what the client decides on."""
+
+    http_status: int
+    code: int | None
+    description: str = ""
+    details: str = ""
+    body: dict[str, Any] | None = None  # None when the body is not a JSON object
+    excerpt: str = ""  # start of a non-JSON body, for messages
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        raw = (self.body or {}).get("inputs")
+        return [x for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
+
+    @property
+    def has_item_status(self) -> bool:
+        return any(isinstance(x.get("status"), dict) for x in self.items)
+
+
+def parse_envelope(http_status: int, content: bytes) -> Envelope:
+    """Decode a response body; a non-JSON body keeps a short whitespace-collapsed excerpt."""
+    try:
+        body = json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        text = content.decode("utf-8", "replace") if content else ""
+        return Envelope(http_status, None, excerpt=" ".join(text.split())[:200])
+    status = body.get("status")
+    status = status if isinstance(status, dict) else {}
+    return Envelope(
+        http_status,
+        parse_code(status.get("code")),
+        str(status.get("description") or ""),
+        str(status.get("details") or ""),
+        body,
+    )
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    ITEMS = "items"  # a batch answer whose per-input statuses carry the outcome
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    THROTTLED = "throttled"
+    TRANSIENT = "transient"
+    REJECTED = "rejected"
+
+
+def classify(env: Envelope) -> Verdict:
+    """Decide on `status.code`; fall back to the HTTP status when the body has no code."""
+    http, code = env.http_status, env.code
+    if http == 401 or code in AUTH_CODES:
+        return Verdict.AUTH
+    if http == 429 or code in THROTTLE_CODES:
+        return Verdict.THROTTLED
+    if code in TRANSIENT_CODES or (code is not None and 98000 <= code < 99000):
+        return Verdict.TRANSIENT
+    if code == 10000:
+        return Verdict.OK
+    if code == 10010:
+        return Verdict.ITEMS
+    if code == 10020 and env.has_item_status and http < 500:
+        return Verdict.ITEMS
+    if code in NOT_FOUND_CODES or (code is None and http == 404 and env.body is not None):
+        return Verdict.NOT_FOUND
+    if http >= 500 or http == 408:
+        return Verdict.TRANSIENT
+    if code is None and 200 <= http < 300 and env.body is not None:
+        return Verdict.OK
+    return Verdict.REJECTED
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))] for attempt 1, 2, ..."""
+    return rng.uniform(0.0, min(cap, base * 2.0 ** max(0, attempt - 1)))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), None if absent."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome for one input of a POST or PATCH, matched back by id."""
+
+    input_id: str
+    code: int
+    description: str
+    details: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code in ITEM_OK_CODES
+
+    @property
+    def duplicate(self) -> bool:
+        """The id already exists remotely (possibly from an earlier attempt of this request)."""
+        if self.details == DUPLICATE_ID_DETAILS or self.code == 40010:
+            return True
+        return any(_DUPLICATE_ID_RE.search(t) for t in (self.details, self.description))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRecord:
+    """One input as the remote lists it (raw `data`)."""
+
+    input_id: str
+    data: dict[str, Any]
+    status_code: int | None
+    status_description: str
+    created_at: str | None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RemoteRecord:
+        status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
+        data = raw.get("data")
+        created = raw.get("created_at")
+        return cls(
+            str(raw.get("id") or ""),
+            data if isinstance(data, dict) else {},
+            parse_code(status.get("code")),
+            str(status.get("description") or ""),
+            str(created) if created else None,
+        )
+
+
+@dataclass
+class ApiStats:
+    """Counters of one client, updated from every worker thread under a lock."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    throttled: int = 0
+    bytes_sent: int = 0
+    seconds_waiting: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record_request(self, kind: str, nbytes: int) -> None:
+        with self._lock:
+            self.requests[kind] += 1
+            self.bytes_sent += nbytes
+
+    def record_retry(self, *, throttled: bool) -> None:
+        with self._lock:
+            self.retries += 1
+            self.throttled += int(throttled)
+
+    def record_wait(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds_waiting += seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "retries": self.retries,
+                "throttled": self.throttled,
+                "bytes_sent": self.bytes_sent,
+                "seconds_waiting": round(self.seconds_waiting, 3),
+            }
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class ClarifaiApi:
+    """Inputs API calls over one keep-alive session, safe to share between `workers` threads.
+
+    Idempotency: PATCH merge/remove and DELETE may simply be repeated. A POST retried after a
+    dropped connection or a timeout may already have been applied by the server; its inputs
+    then come back as per-item "duplicate ID" answers (`ItemResult.duplicate`), which are
+    returned as they are: the caller adopts those ids instead of treating them as failures.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        user_id: str | None = None,
+        app_id: str | None = None,
+        key_source: str = "api key",
+        dataset_id: str | None = None,
+        workers: int = 4,
+        max_requests_per_second: float | None = 10.0,
+        timeout: float = 30.0,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_key or len(api_key.split()) != 1 or api_key != api_key.strip():
+            raise ConfigError(f"the API key from {key_source} is empty or contains whitespace")
+        if max_attempts < 1 or workers < 1:
+            raise ValueError("max_attempts and workers must be at least 1")
+        self._key = api_key
+        self.key_source = key_source
+        self._dataset_id = dataset_id
+        self._base = re.sub(r"(/v2)?/*$", "", base_url.strip())
+        if user_id and app_id:
+            self._prefix = f"/v2/users/{quote(user_id, safe='')}/apps/{quote(app_id, safe='')}"
+            self._template = "/v2/users/{user_id}/apps/{app_id}"
+        else:
+            self._prefix = self._template = "/v2"
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._backoff = (backoff_base, backoff_cap)
+        self._sleep, self._clock = sleep, clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._paused_until = float("-inf")
+        self._bucket = (
+            TokenBucket(max_requests_per_second, clock=clock, sleep=sleep)
+            if max_requests_per_second
+            else None
+        )
+        self._owns_session = session is None
+        self._session = session or requests.Session()
+        if self._owns_session:
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=workers, max_retries=0)
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {"Content-Type": "application/json", "Authorization": f"Key {api_key}"}
+        )
+        self.stats = ApiStats()
+
+    def __repr__(self) -> str:
+        return f"ClarifaiApi({self._base + self._prefix!r}, key from {self.key_source})"
+
+    def __enter__(self) -> ClarifaiApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections (an injected session is left open)."""
+        if self._owns_session:
+            self._session.close()
+
+    # -- public calls ------------------------------------------------------------------------
+
+    def add_inputs(self, inputs: Sequence[dict[str, Any]]) -> list[ItemResult]:
+        """POST up to 128 proto-JSON inputs; one ItemResult per input, in request order.
+
+        A 10010 (mixed) or an all-failed 10020 answer with per-input statuses is returned, not
+        raised. After a retried POST, inputs the server applied on an earlier attempt come back
+        with duplicate=True; they are returned as they are for the caller to adopt.
+        """
+        batch = _checked_batch(inputs, "add_inputs")
+        if not batch:
+            return []
+        if self._dataset_id:
+            batch = [_with_dataset(x, self._dataset_id) for x in batch]
+        env = self._call("add", "POST", "/inputs", body={"inputs": batch}, accept={Verdict.ITEMS})
+        return _map_items(batch, env)
+
+    def patch_inputs(
+        self, inputs: Sequence[dict[str, Any]], action: Literal["merge", "remove", "overwrite"]
+    ) -> list[ItemResult]:
+        """PATCH up to 128 inputs' `data` with `action`; per-item results as for add_inputs."""
+        if action not in ("merge", "remove", "overwrite"):
+            raise ValueError(f"unknown patch action {action!r}")
+        batch = _checked_batch(inputs, "patch_inputs")
+        if not batch:
+            return []
+        body = {"inputs": batch, "action": action}
+        env = self._call("patch", "PATCH", "/inputs", body=body, accept={Verdict.ITEMS})
+        return _map_items(batch, env)
+
+    def delete_inputs(self, ids: Sequence[str]) -> None:
+        """DELETE up to 128 ids (asynchronous remotely); ids already gone count as deleted."""
+        id_list = list(ids)
+        if len(id_list) > MAX_BATCH:
+            raise ValueError(f"delete_inputs takes at most {MAX_BATCH} ids, got {len(id_list)}")
+        if id_list:
+            self._call(
+                "delete", "DELETE", "/inputs", body={"ids": id_list}, accept={Verdict.NOT_FOUND}
+            )
+
+    def get_input(self, input_id: str) -> RemoteRecord | None:
+        """The input with this id, or None when the remote says it does not exist."""
+        env = self._call(
+            "get",
+            "GET",
+            f"/inputs/{quote(input_id, safe='')}",
+            route="/inputs/{input_id}",
+            accept={Verdict.NOT_FOUND},
+        )
+        raw = (env.body or {}).get("input")
+        if classify(env) is Verdict.NOT_FOUND or not isinstance(raw, dict):
+            return None
+        return RemoteRecord.from_json(raw)
+
+    def list_inputs(
+        self, *, ids: Sequence[str] | None = None, per_page: int = 1000
+    ) -> Iterator[RemoteRecord]:
+        """Every input (pages 1, 2, ... until a short page), or only those among `ids`.
+
+        With `ids`, one request per chunk of at most min(per_page, 128) ids (fewer when long ids
+        would make the URL too long); ids the remote does not know are simply absent.
+        """
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be within 1..{MAX_PER_PAGE}, got {per_page}")
+        if ids is not None:
+            for chunk in chunk_ids(ids, min(per_page, MAX_IDS_PER_LIST)):
+                params = [("ids", i) for i in chunk]
+                params += [("page", "1"), ("per_page", str(len(chunk)))]
+                env = self._call("list", "GET", "/inputs", params=params, accept={Verdict.ITEMS})
+                wanted = set(chunk)
+                for raw in env.items:
+                    if str(raw.get("id")) in wanted:
+                        yield RemoteRecord.from_json(raw)
+            return
+        page = 1
+        while True:
+            params = [("page", str(page)), ("per_page", str(per_page))]
+            env = self._call("list", "GET", "/inputs", params=params, accept={Verdict.ITEMS})
+            items = env.items
+            for raw in items:
+                yield RemoteRecord.from_json(raw)
+            if len(items) < per_page:
+                return
+            page += 1
+
+    def input_counts(self) -> dict[str, int]:
+        """GET inputs/status: the eight counters (missing ones read as 0)."""
+        env = self._call("count", "GET", "/inputs/status")
+        counts = (env.body or {}).get("counts")
+        counts = counts if isinstance(counts, dict) else {}
+        return {name: _as_int(counts.get(name)) for name in COUNT_FIELDS}
+
+    def check_auth(self) -> None:
+        """The cheapest authenticated call; raises AuthError, TransientError or RejectedError."""
+        self._call("count", "GET", "/inputs/status")
+
+    # -- the request loop --------------------------------------------------------------------
+
+    def _call(
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        route: str | None = None,
+        body: dict[str, Any] | None = None,
+        params: list[tuple[str, str]] | None = None,
+        accept: frozenset[Verdict] | set[Verdict] = frozenset(),
+    ) -> Envelope:
+        """Send one request with retries; return an OK (or accepted) answer or raise."""
+        url = self._base + self._prefix + path
+        route = self._template + (route or path)
+        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        own_not_before = float("-inf")
+        for attempt in range(1, self._max_attempts + 1):
+            self._wait_turn(own_not_before)
+            self.stats.record_request(kind, len(data or b""))
+            started = self._clock()
+            retry_after: float | None = None
+            try:
+                resp = self._session.request(
+                    method, url, data=data, params=params, timeout=self._timeout
+                )
+            except _TRANSIENT_EXCEPTIONS as exc:
+                env, verdict = None, Verdict.TRANSIENT
+                reason = self._redact(f"{type(exc).__name__}: {exc}")
+                status: int | None = None
+            else:
+                env = parse_envelope(resp.status_code, resp.content)
+                verdict = classify(env)
+                reason = self._describe(env)
+                status = resp.status_code
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+            log.debug(
+                "api_request",
+                method=method,
+                route=route,
+                status=status,
+                code=env.code if env else None,
+                seconds=round(self._clock() - started, 4),
+                attempt=attempt,
+            )
+            if verdict is Verdict.OK or verdict in accept:
+                assert env is not None
+                return env
+            if verdict not in (Verdict.TRANSIENT, Verdict.THROTTLED):
+                raise self._error(verdict, env, method, route, reason)
+            if attempt == self._max_attempts:
+                cls = ThrottledError if verdict is Verdict.THROTTLED else TransientError
+                log.warning("api_gave_up", method=method, route=route, attempts=attempt)
+                raise self._fill(
+                    cls(f"{method} {route} failed after {attempt} attempts: {reason}"), env
+                )
+            delay = retry_after
+            if delay is None:
+                with self._lock:
+                    delay = backoff_delay(attempt, *self._backoff, self._rng)
+            throttled = verdict is Verdict.THROTTLED
+            self.stats.record_retry(throttled=throttled)
+            own_not_before = self._clock() + delay
+            if throttled:
+                with self._lock:  # pause every worker: do not hammer a throttling server
+                    self._paused_until = max(self._paused_until, own_not_before)
+            log.info(
+                "api_retry",
+                method=method,
+                route=route,
+                attempt=attempt,
+                delay=round(delay, 3),
+                retry_after=retry_after,
+                reason=reason,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait_turn(self, own_not_before: float) -> None:
+        """Sleep out this request's backoff and any global throttle pause, then take a token."""
+        with self._lock:
+            target = max(own_not_before, self._paused_until)
+        wait = target - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+            self.stats.record_wait(wait)
+        if self._bucket is not None:
+            self.stats.record_wait(self._bucket.acquire())
+
+    def _describe(self, env: Envelope, *, http: bool = True) -> str:
+        parts = [f"HTTP {env.http_status}"] if http or env.code is None else []
+        if env.code is not None:
+            parts.append(str(env.code))
+        if env.description:
+            parts.append(env.description)
+        text = " ".join(parts)
+        if env.details:
+            text += f": {env.details}"
+        if env.body is None and env.excerpt:
+            text += f" (non-JSON body: {env.excerpt})"
+        return self._redact(text)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "[redacted]") if self._key else text
+
+    def _error(
+        self, verdict: Verdict, env: Envelope | None, method: str, route: str, reason: str
+    ) -> ApiError:
+        if verdict is Verdict.AUTH:
+            what = self._describe(env, http=False) if env is not None else reason
+            message = f"the remote refused the API key from {self.key_source} ({what})"
+            return self._fill(AuthError(message), env)
+        return self._fill(RejectedError(f"{method} {route} was rejected: {reason}"), env)
+
+    def _fill(self, err: ApiError, env: Envelope | None) -> ApiError:
+        if env is not None:
+            err.http_status = env.http_status
+            err.code = env.code
+            err.description = self._redact(env.description)
+            err.details = self._redact(env.details)
+        return err
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _checked_batch(inputs: Sequence[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    batch = list(inputs)
+    if len(batch) > MAX_BATCH:
+        raise ValueError(f"{what} takes at most {MAX_BATCH} inputs, got {len(batch)}")
+    return batch
+
+
+def _with_dataset(raw: dict[str, Any], dataset_id: str) -> dict[str, Any]:
+    if raw.get("dataset_ids"):
+        return raw
+    return {**raw, "dataset_ids": [dataset_id]}
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def chunk_ids(ids: Sequence[str], size: int) -> Iterator[list[str]]:
+    """Distinct ids in order, in chunks of at most `size` whose query stays short."""
+    chunk: list[str] = []
+    chars = 0
+    for input_id in dict.fromkeys(ids):
+        cost = len(quote(input_id, safe="")) + len("&ids=")
+        if chunk and (len(chunk) >= size or chars + cost > MAX_QUERY_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(input_id)
+        chars += cost
+    if chunk:
+        yield chunk
+
+
+def _map_items(batch: list[dict[str, Any]], env: Envelope) -> list[ItemResult]:
+    """Match the answer's per-input statuses back to the request, by id (position if no id)."""
+    items = env.items
+    by_id: defaultdict[str, deque[dict[str, Any]]] = defaultdict(deque)
+    for item in items:
+        by_id[str(item.get("id") or "")].append(item)
+    results = []
+    for pos, sent in enumerate(batch):
+        input_id = str(sent.get("id") or "")
+        queue = by_id.get(input_id) if input_id else None
+        item = queue.popleft() if queue else None
+        if item is None and not input_id and pos < len(items):
+            item = items[pos]
+        status = item.get("status") if item is not None else None
+        if isinstance(status, dict) and parse_code(status.get("code")) is not None:
+            code = parse_code(status.get("code"))
+            assert code is not None
+            results.append(
+                ItemResult(
+                    input_id or str(item.get("id") or ""),  # type: ignore[union-attr]
+                    code,
+                    str(status.get("description") or ""),
+                    str(status.get("details") or ""),
+                )
+            )
+        else:  # no per-input status: the top-level answer speaks for the input
+            results.append(
+                ItemResult(
+                    input_id,
+                    env.code if env.code is not None else 10020,
+                    env.description,
+                    env.details or "no per-input status in the response",
+                )
+            )
+    return results
