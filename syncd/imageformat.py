@@ -26,11 +26,19 @@ def sniff_format(head: bytes) -> str | None:
         return "GIF"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
-    if head.startswith(b"BM") and len(head) >= 6:
+    if head.startswith(b"BM") and len(head) >= 18 and _bmp_header_size(head) in _BMP_HEADERS:
         return "BMP"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     return None
+
+
+# The sizes of the known BMP info headers (BITMAPCOREHEADER .. BITMAPV5HEADER).
+_BMP_HEADERS = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+
+def _bmp_header_size(head: bytes) -> int:
+    return int(struct.unpack_from("<I", head, 14)[0])
 
 
 def image_problem_parts(head: bytes, tail: bytes, size: int) -> str | None:
@@ -47,7 +55,7 @@ def image_problem_parts(head: bytes, tail: bytes, size: int) -> str | None:
     trimmed = tail.rstrip(b"\x00")
     if fmt == "JPEG" and b"\xff\xd9" not in trimmed[-TAIL_BYTES:]:
         return "truncated JPEG (no end-of-image marker)"
-    if fmt == "PNG" and not trimmed.endswith(b"IEND\xaeB`\x82"):
+    if fmt == "PNG" and b"IEND\xaeB`\x82" not in tail:
         return "truncated PNG (no IEND chunk)"
     if fmt == "GIF" and not trimmed.endswith(b";"):
         return "truncated GIF (no trailer)"

@@ -36,7 +36,10 @@ def normalize_metadata(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, int | float):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:
+            raise ValueError("metadata numbers must fit in a double") from None
         if math.isnan(f) or math.isinf(f):
             raise ValueError("metadata numbers must be finite")
         return f
@@ -98,6 +101,14 @@ class Marker:
         if not all(isinstance(x, str) and x for x in (source, path, sha)):
             return None
         return cls(source, path, sha)  # type: ignore[arg-type]
+
+
+def marker_path(rel_path: str) -> str:
+    """The relative path as stored in the marker: valid UTF-8 whatever the file name's bytes.
+
+    Bytes that are not UTF-8 (kept in `rel_path` as surrogate escapes) become `\\xNN`.
+    """
+    return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def derive_input_id(source_name: str, rel_path: str) -> str:

@@ -32,6 +32,7 @@ from syncd.model import (
     OpKind,
     RemoteInput,
     canonical_json,
+    marker_path,
 )
 
 # Per-input status codes, from the API facts (section 3.1).
@@ -54,7 +55,7 @@ def desired_labels(image: LocalImage, source_name: str) -> Labels:
     """The labels an input should carry: the sidecar's, plus syncd's ownership marker."""
     assert image.labels is not None and image.sha256 is not None
     metadata = image.labels.metadata_dict()
-    metadata[MARKER_KEY] = Marker(source_name, image.path, image.sha256).as_dict()
+    metadata[MARKER_KEY] = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
     return Labels(image.labels.concepts, canonical_json(metadata))
 
 
@@ -274,7 +275,10 @@ def fold_remote(
         keep_error = old is not None and old.state is state and old.sha256 == marker.sha256
         folded[item.input_id] = InputRecord(
             input_id=item.input_id,
-            path=marker.path,
+            # the ledger's spelling keeps non-UTF-8 bytes that the marker had to escape
+            path=old.path
+            if old is not None and marker_path(old.path) == marker.path
+            else marker.path,
             state=state,
             sha256=marker.sha256,
             labels=item.labels,

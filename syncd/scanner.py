@@ -1,0 +1,618 @@
+"""The filesystem edge: walk the root, hash what changed, pair images with their sidecars.
+
+`scan()` returns a LocalSnapshot for the planner plus the file-cache rows for the ledger. The
+world is injected (`listdir`, `stat`, `open_file`, `now_ns`) with the real thing as default, so
+tests can force races and permission errors without patching globals. A problem with one file
+never raises: it is recorded on that file (or its directory) and the walk goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import posixpath
+import re
+import stat as statmod
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from syncd.errors import SidecarError
+from syncd.imageformat import HEAD_BYTES, TAIL_BYTES, image_problem_parts
+from syncd.model import FileStat, Labels, LocalImage, LocalSnapshot, derive_input_id
+from syncd.sidecar import (
+    SIDECAR_MAX_BYTES,
+    SidecarContent,
+    build_labels,
+    display_path,
+    is_sidecar_name,
+    parse_sidecar,
+    sidecar_candidates,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.tif", "*.tiff", "*.bmp", "*.webp")
+DEFAULT_EXCLUDE = (".*", "*~", "*.tmp", "*.part", "*.crdownload", "*.swp")
+HASH_CHUNK = 1024 * 1024
+CHANGED = "changed while being read"
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the ledger remembers of a path: its stat, its hash, and whether the hash is reusable."""
+
+    stat: FileStat
+    sha256: str
+    trusted: bool
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What to write back to the ledger's file cache for one image file seen by this scan.
+
+    `trusted` is False when the next scan must read the file again even if its stat is the
+    same: it was modified within the racy window, changed while being read, or had a problem.
+    """
+
+    path: str
+    stat: FileStat | None
+    sha256: str | None
+    trusted: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ScanStats:
+    """Counters for the pass summary line. `problems`: held images, orphan sidecars, unscanned
+    directories and skipped entries (symlink loops, broken links, special files)."""
+
+    files_seen: int
+    files_hashed: int
+    bytes_hashed: int
+    dirs: int
+    seconds: float
+    problems: int
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """The snapshot for the planner, the file-cache rows for the ledger, counters, and the
+    entries that were skipped (relative path -> reason: symlink loop, broken link, ...)."""
+
+    snapshot: LocalSnapshot
+    files: tuple[FileRecord, ...]
+    stats: ScanStats
+    skipped: Mapping[str, str] = field(default_factory=dict)
+
+
+def scan(
+    root: Path,
+    *,
+    source_name: str,
+    include: Iterable[str] = DEFAULT_INCLUDE,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    labels_from_dirs: bool,
+    follow_symlinks: bool,
+    max_file_bytes: int,
+    known: Mapping[str, KnownFile],
+    scope: Sequence[str] | None = None,
+    now_ns: Callable[[], int] = time.time_ns,
+    racy_window_ns: int = 2_000_000_000,
+    listdir: Callable[[str], Any] = os.scandir,
+    stat: Callable[[str], Any] = os.stat,
+    open_file: Callable[..., Any] = open,
+) -> ScanResult:
+    """Scan `root` (or only the relative paths in `scope`, files or directories) once.
+
+    Only files whose (size, mtime, ctime, inode) differ from `known`, or whose known hash is
+    not trusted, are read. See docs/dataset-rules.md for which files are images and sidecars.
+    """
+    started = time.monotonic()
+    walker = _Scan(
+        os.fspath(root),
+        source_name=source_name,
+        include=_Patterns(include),
+        exclude=_Patterns(exclude),
+        labels_from_dirs=labels_from_dirs,
+        follow_symlinks=follow_symlinks,
+        max_file_bytes=max_file_bytes,
+        known=known,
+        racy_from_ns=now_ns() - racy_window_ns,
+        listdir=listdir,
+        stat=stat,
+        open_file=open_file,
+    )
+    log.debug("scan_started", root=display_path(os.fspath(root)), scoped=scope is not None)
+    snapshot = walker.run(None if scope is None else [_normalize_scope(p) for p in scope])
+    return walker.result(snapshot, time.monotonic() - started)
+
+
+class _Patterns:
+    """Glob patterns matched case-insensitively against one name (a path component)."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        joined = "|".join(fnmatch.translate(p) for p in patterns)
+        self._regex = re.compile(joined, re.IGNORECASE) if joined else None
+
+    def match(self, rel_path: str) -> bool:
+        """Whether the last component of `rel_path` matches one of the patterns."""
+        name = posixpath.basename(rel_path)
+        return self._regex is not None and self._regex.match(name) is not None
+
+
+@dataclass
+class _Listing:
+    """One directory's entries, sorted into the kinds the scanner cares about."""
+
+    dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (st_dev, st_ino)
+    images: set[str] = field(default_factory=set)
+    sidecars: set[str] = field(default_factory=set)
+
+    def index(self) -> dict[str, list[str]]:
+        """Sidecar name -> the images (by name) that would look for it."""
+        users: dict[str, list[str]] = defaultdict(list)
+        for name in sorted(self.images):
+            for candidate in sidecar_candidates(name):
+                users[candidate].append(name)
+        return users
+
+    def chosen(self, image: str) -> str | None:
+        return next((c for c in sidecar_candidates(image) if c in self.sidecars), None)
+
+
+class _Scan:
+    """The state of one scan: configuration plus what has been found so far."""
+
+    def __init__(self, root: str, **options: Any) -> None:
+        self.root = root
+        self.source_name: str = options["source_name"]
+        self.include: _Patterns = options["include"]
+        self.exclude: _Patterns = options["exclude"]
+        self.labels_from_dirs: bool = options["labels_from_dirs"]
+        self.follow: bool = options["follow_symlinks"]
+        self.max_file_bytes: int = options["max_file_bytes"]
+        self.known: Mapping[str, KnownFile] = options["known"]
+        self.racy_from_ns: int = options["racy_from_ns"]
+        self.listdir = options["listdir"]
+        self.stat = options["stat"]
+        self.open_file = options["open_file"]
+        self.images: dict[str, LocalImage] = {}
+        self.records: dict[str, FileRecord] = {}
+        self.orphans: dict[str, str] = {}
+        self.unscanned: set[str] = set()
+        self.skipped: dict[str, str] = {}
+        self.sidecars: dict[str, SidecarContent | SidecarError] = {}
+        self.counts = {"files_seen": 0, "files_hashed": 0, "bytes_hashed": 0, "dirs": 0}
+
+    # --- driving ------------------------------------------------------------------------
+
+    def run(self, scope: list[str] | None) -> LocalSnapshot:
+        root_id, problem = self._check_root()
+        if problem is not None:
+            log.warning("scan_root_problem", problem=problem)
+            return LocalSnapshot(images={}, root_problem=problem, scope=_scope_tuple(scope))
+        if scope is None or "" in scope:
+            listing = self._list("")
+            if listing is None:
+                problem = f"root {display_path(self.root)} is unreadable"
+                log.warning("scan_root_problem", problem=problem)
+                return LocalSnapshot(images={}, root_problem=problem)
+            self._walk("", frozenset({root_id}), listing)
+            scope = None
+        else:
+            scope = self._scan_scope(sorted(set(scope)), root_id)
+        self._mark_id_conflicts()
+        return LocalSnapshot(
+            images=dict(sorted(self.images.items())),
+            orphan_sidecars=dict(sorted(self.orphans.items())),
+            scope=_scope_tuple(scope),
+            unscanned=tuple(sorted(self.unscanned)),
+        )
+
+    def result(self, snapshot: LocalSnapshot, seconds: float) -> ScanResult:
+        held = sum(1 for image in snapshot.images.values() if image.problem is not None)
+        problems = held + len(self.orphans) + len(self.unscanned) + len(self.skipped)
+        stats = ScanStats(seconds=seconds, problems=problems, **self.counts)
+        log.info(
+            "scan_finished",
+            images=len(snapshot.images),
+            **self.counts,
+            problems=problems,
+            seconds=round(seconds, 3),
+            scoped=snapshot.scope is not None,
+        )
+        records = tuple(self.records[p] for p in sorted(self.records))
+        return ScanResult(snapshot, records, stats, dict(sorted(self.skipped.items())))
+
+    def _check_root(self) -> tuple[tuple[int, int], str | None]:
+        shown = display_path(self.root)
+        try:
+            st = self.stat(self.root)
+        except FileNotFoundError:
+            return (0, 0), f"root {shown} does not exist"
+        except OSError as exc:
+            return (0, 0), f"root {shown} is unreadable: {_reason(exc)}"
+        if not statmod.S_ISDIR(st.st_mode):
+            return (0, 0), f"root {shown} is not a directory"
+        return (st.st_dev, st.st_ino), None
+
+    def _walk(
+        self, start: str, ancestors: frozenset[tuple[int, int]], listing: _Listing | None = None
+    ) -> None:
+        """Scan the directory `start` and everything below it, without recursion."""
+        stack: list[tuple[str, frozenset[tuple[int, int]], _Listing | None]] = [
+            (start, ancestors, listing)
+        ]
+        while stack:
+            rel_dir, seen, listed = stack.pop()
+            if listed is None:
+                listed = self._list(rel_dir)
+            if listed is None:
+                continue
+            self._process(rel_dir, listed, only=None)
+            for name, ident in sorted(listed.dirs.items(), reverse=True):
+                rel = _join(rel_dir, name)
+                if ident in seen:
+                    self._skip(rel, "symlink loop: leads back to a directory above it")
+                else:
+                    stack.append((rel, seen | {ident}, None))
+
+    def _scan_scope(self, scope: list[str], root_id: tuple[int, int]) -> list[str]:
+        """Scan only these relative paths; return the paths the snapshot may judge.
+
+        Entries are grouped by directory so that each directory is listed once.
+        """
+        judged: set[str] = set(scope)
+        by_parent: dict[str, set[str]] = defaultdict(set)
+        for rel in scope:
+            parent, name = posixpath.split(rel)
+            by_parent[parent].add(name)
+        walked: list[str] = []
+        for parent in sorted(by_parent):  # a directory sorts before everything below it
+            if any(_under(parent, d) for d in walked):
+                continue
+            ancestors = self._scope_ancestors(parent, root_id)
+            listing = None if ancestors is None else self._list(parent)
+            if ancestors is None or listing is None:
+                continue
+            only: set[str] = set()
+            users = listing.index()
+            for name in sorted(by_parent[parent]):
+                rel = _join(parent, name)
+                if any(_under(rel, d) for d in walked):
+                    continue
+                if name in listing.dirs:
+                    walked.append(rel)
+                    self._walk(rel, ancestors | {listing.dirs[name]})
+                elif is_sidecar_name(name):
+                    only.update(users.get(name, ()))
+                elif name in listing.images:
+                    only.add(name)
+            self._process(parent, listing, only=only, related=by_parent[parent])
+            judged.update(_join(parent, n) for n in only)
+        return sorted(judged)
+
+    def _scope_ancestors(
+        self, rel_dir: str, root_id: tuple[int, int]
+    ) -> frozenset[tuple[int, int]] | None:
+        """Identities of the root and of each directory down to `rel_dir`, or None when
+        `rel_dir` is not scannable: under an excluded name, a symlink not followed, gone (all
+        absent), or not stat-able (then `unscanned`)."""
+        ancestors = {root_id}
+        if not rel_dir:
+            return frozenset(ancestors)
+        parts = rel_dir.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if self.exclude.match(prefix):
+                return None
+            try:
+                if not self.follow and os.path.islink(self._abs(prefix)):
+                    return None
+                st = self.stat(self._abs(prefix))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                self.unscanned.add(prefix)
+                log.warning("scan_dir_unreadable", path=display_path(prefix), error=_reason(exc))
+                return None
+            if not statmod.S_ISDIR(st.st_mode):
+                return None
+            ancestors.add((st.st_dev, st.st_ino))
+        return frozenset(ancestors)
+
+    # --- one directory ----------------------------------------------------------------------
+
+    def _list(self, rel_dir: str) -> _Listing | None:
+        """List and classify a directory; None (and `unscanned` on errors) if it cannot be read."""
+        try:
+            handle = self.listdir(self._abs(rel_dir))
+            try:
+                entries = sorted(handle, key=lambda e: e.name)
+            finally:
+                close = getattr(handle, "close", None)
+                if close is not None:
+                    close()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # gone since its parent was listed: nothing of it exists any more
+        except OSError as exc:
+            self.unscanned.add(rel_dir)
+            log.warning("scan_dir_unreadable", path=display_path(rel_dir), error=_reason(exc))
+            return None
+        self.counts["dirs"] += 1
+        listing = _Listing()
+        for entry in entries:
+            self._classify(rel_dir, entry, listing)
+        return listing
+
+    def _classify(self, rel_dir: str, entry: Any, listing: _Listing) -> None:
+        name = entry.name
+        rel = _join(rel_dir, name)
+        if self.exclude.match(rel):
+            return
+        interesting = is_sidecar_name(name) or self.include.match(rel)
+        is_link = False
+        try:
+            is_link = entry.is_symlink()
+            if is_link and not self.follow:
+                log.debug("scan_symlink_not_followed", path=display_path(rel))
+                return
+            if is_link:
+                mode = self.stat(entry.path).st_mode
+            elif entry.is_dir(follow_symlinks=False):
+                mode = statmod.S_IFDIR
+            elif entry.is_file(follow_symlinks=False):
+                mode = statmod.S_IFREG
+            else:
+                mode = 0
+        except OSError as exc:
+            self._skip(rel, f"{'broken symlink' if is_link else 'cannot stat'}: {_reason(exc)}")
+            return
+        if statmod.S_ISDIR(mode):
+            self._add_dir(rel, entry, listing)
+        elif not statmod.S_ISREG(mode):
+            if interesting:
+                self._skip(rel, "not a regular file")
+        elif is_sidecar_name(name):
+            listing.sidecars.add(name)
+        elif interesting:
+            listing.images.add(name)
+
+    def _add_dir(self, rel: str, entry: Any, listing: _Listing) -> None:
+        try:
+            st = self.stat(entry.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.unscanned.add(rel)
+            log.warning("scan_dir_unreadable", path=display_path(rel), error=_reason(exc))
+            return
+        listing.dirs[entry.name] = (st.st_dev, st.st_ino)
+
+    def _process(
+        self,
+        rel_dir: str,
+        listing: _Listing,
+        *,
+        only: set[str] | None,
+        related: set[str] = frozenset(),
+    ) -> None:
+        """Read the images of one listed directory (all, or `only` these) and judge sidecars."""
+        chosen = {name: listing.chosen(name) for name in listing.images}
+        for name in sorted(listing.images if only is None else only):
+            sidecar = chosen[name]
+            self._image(_join(rel_dir, name), None if sidecar is None else _join(rel_dir, sidecar))
+        used = set(chosen.values())
+        judge = listing.sidecars if only is None else listing.sidecars & _related(only, related)
+        users = listing.index()
+        for name in sorted(judge - used):
+            rel = _join(rel_dir, name)
+            matches = users.get(name)
+            if not matches:
+                reason = "no image for this sidecar"
+            else:
+                image, winner = _join(rel_dir, matches[0]), _join(rel_dir, chosen[matches[0]] or "")
+                reason = f"not used: {display_path(image)} uses {display_path(winner)}"
+            self.orphans[rel] = reason
+            log.info("scan_orphan_sidecar", path=display_path(rel), reason=reason)
+
+    # --- one image --------------------------------------------------------------------------
+
+    def _image(self, rel: str, sidecar: str | None) -> None:
+        try:
+            st = self.stat(self._abs(rel))
+        except FileNotFoundError:
+            return  # removed since the listing: simply absent
+        except OSError as exc:
+            reason = f"cannot stat: {_reason(exc)}"
+            self.unscanned.add(rel)
+            self.records[rel] = FileRecord(rel, None, None, False, reason)
+            log.warning("scan_image_problem", path=display_path(rel), problem=reason)
+            return
+        if not statmod.S_ISREG(st.st_mode):
+            return  # replaced by a directory or a special file since the listing
+        self.counts["files_seen"] += 1
+        fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        sha256, file_problem, trusted, hashed = self._content(rel, fstat)
+        self.records[rel] = FileRecord(rel, fstat, sha256, trusted, file_problem)
+        input_id, labels, label_problem = self._labels(rel, sidecar)
+        problem = "; ".join(p for p in (file_problem, label_problem) if p) or None
+        if problem is not None:
+            log.warning("scan_image_problem", path=display_path(rel), problem=problem)
+        self.images[rel] = LocalImage(
+            path=rel,
+            stat=fstat,
+            input_id=input_id,
+            sha256=sha256,
+            labels=labels,
+            sidecar=sidecar,
+            problem=problem,
+            hashed=hashed,
+        )
+
+    def _content(self, rel: str, fstat: FileStat) -> tuple[str | None, str | None, bool, bool]:
+        """(sha256, problem, trusted, hashed): reuse the known hash when the stat is unchanged."""
+        if fstat.size > self.max_file_bytes:
+            return (
+                None,
+                f"too large: {fstat.size} bytes (limit {self.max_file_bytes})",
+                False,
+                False,
+            )
+        known = self.known.get(rel)
+        if known is not None and known.trusted and known.stat == fstat:
+            return known.sha256, None, True, False
+        path = self._abs(rel)
+        try:
+            with self.open_file(path, "rb") as handle:
+                sha256, head, tail, size = _read(handle, self.max_file_bytes)
+        except FileNotFoundError:
+            return None, f"{CHANGED} (it vanished)", False, False
+        except OSError as exc:
+            return None, f"unreadable: {_reason(exc)}", False, False
+        self.counts["files_hashed"] += 1
+        self.counts["bytes_hashed"] += size
+        try:
+            after = self.stat(path)
+            same = FileStat(after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino)
+        except OSError:
+            same = None
+        if same != fstat or size != fstat.size:
+            return None, CHANGED, False, False
+        problem = image_problem_parts(head, tail, size)
+        racy = max(fstat.mtime_ns, fstat.ctime_ns) >= self.racy_from_ns
+        return sha256, problem, problem is None and not racy, True
+
+    def _labels(self, rel: str, sidecar: str | None) -> tuple[str, Labels | None, str | None]:
+        """(input id, Labels or None, problem) from the image's sidecar, if any."""
+        content = None
+        if sidecar is not None:
+            parsed = self._sidecar(sidecar)
+            if isinstance(parsed, SidecarError):
+                return derive_input_id(self.source_name, rel), None, str(parsed)
+            content = parsed
+        explicit = content.input_id if content is not None else None
+        input_id = explicit or derive_input_id(self.source_name, rel)
+        try:
+            labels = build_labels(
+                content, parent_dir=posixpath.dirname(rel), labels_from_dirs=self.labels_from_dirs
+            )
+        except SidecarError as exc:
+            return input_id, None, str(exc)
+        return input_id, labels, None
+
+    def _sidecar(self, rel: str) -> SidecarContent | SidecarError:
+        """Read (at most the size cap plus one byte) and parse a sidecar, once per scan."""
+        if rel not in self.sidecars:
+            self.sidecars[rel] = self._read_sidecar(rel)
+        return self.sidecars[rel]
+
+    def _read_sidecar(self, rel: str) -> SidecarContent | SidecarError:
+        shown = display_path(rel)
+        path = self._abs(rel)
+        try:
+            with self.open_file(path, "rb") as handle:
+                data = handle.read(SIDECAR_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return SidecarError(f"{shown}: {CHANGED} (it vanished)")
+        except OSError as exc:
+            return SidecarError(f"{shown}: unreadable: {_reason(exc)}")
+        if len(data) > SIDECAR_MAX_BYTES:
+            try:
+                size = f"{self.stat(path).st_size} bytes"
+            except OSError:
+                size = f"over {SIDECAR_MAX_BYTES} bytes"
+            return SidecarError(f"{shown}: too large: {size} (limit {SIDECAR_MAX_BYTES})")
+        try:
+            return parse_sidecar(data, path=shown)
+        except SidecarError as exc:
+            return exc
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _mark_id_conflicts(self) -> None:
+        """Two images with the same input id are both held, each naming the other."""
+        by_id: dict[str, list[str]] = defaultdict(list)
+        for path, image in self.images.items():
+            by_id[image.input_id].append(path)
+        for input_id, paths in by_id.items():
+            if len(paths) < 2:
+                continue
+            for path in paths:
+                others = ", ".join(display_path(p) for p in sorted(paths) if p != path)
+                conflict = f"input id {input_id!r} is also used by {others}"
+                image = self.images[path]
+                problem = f"{image.problem}; {conflict}" if image.problem else conflict
+                self.images[path] = replace(image, problem=problem)
+                log.warning("scan_input_id_conflict", path=display_path(path), problem=conflict)
+
+    def _skip(self, rel: str, reason: str) -> None:
+        self.skipped[rel] = reason
+        log.warning("scan_entry_skipped", path=display_path(rel), reason=reason)
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+
+def _read(handle: Any, limit: int) -> tuple[str, bytes, bytes, int]:
+    """Stream a file once: sha256, its first HEAD_BYTES, its last TAIL_BYTES, bytes read.
+
+    Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
+    """
+    digest = hashlib.sha256()
+    head = b""
+    tail = b""
+    size = 0
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        if len(head) < HEAD_BYTES:
+            head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
+        tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (tail + chunk)[-TAIL_BYTES:]
+        if size > limit:
+            break
+    return digest.hexdigest(), head, tail, size
+
+
+def _normalize_scope(path: str) -> str:
+    """A scope entry as a clean relative path ("" for the whole root); ValueError if it escapes."""
+    text = os.fspath(path).replace(os.sep, "/")
+    if text.startswith("/"):
+        raise ValueError(f"scope path must be relative to the root: {display_path(text)}")
+    clean = posixpath.normpath(text) if text else "."
+    if clean == ".":
+        return ""
+    if clean == ".." or clean.startswith("../"):
+        raise ValueError(f"scope path leaves the root: {display_path(text)}")
+    return clean
+
+
+def _related(only: set[str], names: set[str]) -> set[str]:
+    """The sidecar names worth judging when only some images of a folder were read."""
+    related = set(names)
+    for image in only:
+        related.update(sidecar_candidates(image))
+    return related
+
+
+def _scope_tuple(scope: list[str] | None) -> tuple[str, ...] | None:
+    return None if scope is None else tuple(sorted(set(scope)))
+
+
+def _join(rel_dir: str, name: str) -> str:
+    return f"{rel_dir}/{name}" if rel_dir else name
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
