@@ -441,9 +441,9 @@ class _Scan:
         self.counts["files_seen"] += 1
         fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         sha256, file_problem, trusted, hashed = self._content(rel, fstat)
-        self.records[rel] = FileRecord(rel, fstat, sha256, trusted, file_problem)
         input_id, labels, label_problem = self._labels(rel, sidecar)
         problem = "; ".join(p for p in (file_problem, label_problem) if p) or None
+        self.records[rel] = FileRecord(rel, fstat, sha256, trusted, problem)
         if problem is not None:
             log.warning("scan_image_problem", path=display_path(rel), problem=problem)
         self.images[rel] = LocalImage(

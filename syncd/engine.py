@@ -1,0 +1,501 @@
+"""One sync pass: scan -> ledger -> (remote listing) -> plan -> guards -> execute -> status.
+
+`syncd reconcile` calls `Engine.sync_once` once; the daemon calls the very same method for
+every batch of changes and every periodic rescan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from syncd.api import ClarifaiApi
+from syncd.config import Config, resolve_api_key
+from syncd.executor import Executor, Outcome
+from syncd.ledger import Ledger
+from syncd.logs import register_secret
+from syncd.model import InputRecord, InputState, LocalSnapshot, Operation, OpKind
+from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
+from syncd.remote import remote_input
+from syncd.scanner import KnownFile, ScanResult, scan
+
+log = structlog.get_logger(__name__)
+
+#: Ledger meta key holding ids that belong to someone else ({input id: reason}).
+BLOCKED_KEY = "blocked_ids"
+#: How many times one pass re-plans after replacement deletes complete.
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    local_only: bool = False  # compare with the ledger only; do not list the remote
+    dry_run: bool = False  # send no write request, leave the ledger as it is
+    allow_mass_delete: bool = False
+    wait: bool = True  # wait (up to sync.poll_timeout) for processing and deletes to finish
+    scope: tuple[str, ...] | None = None  # relative paths to rescan; None: the whole root
+    kind: str = "reconcile"
+
+
+@dataclass
+class SyncReport:
+    """Everything one pass did, for the summary line, `--json` and exit codes."""
+
+    dry_run: bool = False
+    local_only: bool = False
+    files_seen: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+    planned: list[Operation] = field(default_factory=list)
+    added: int = 0
+    adopted: int = 0
+    relabeled: int = 0
+    deleted: int = 0
+    replaced: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    held: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    orphan_sidecars: list[tuple[str, str]] = field(default_factory=list)
+    foreign: int | None = None
+    missing_readded: int = 0
+    drifted: list[str] = field(default_factory=list)
+    pending: int = 0
+    guard: str | None = None
+    errors: list[str] = field(default_factory=list)
+    explain: list[dict[str, str]] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return 3
+        if self.guard:
+            return 4
+        if self.failed or self.held or self.pending:
+            return 1
+        return 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("planned", "explain")
+        }
+        out["planned"] = [
+            {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
+            for op in self.planned
+        ]
+        out["explain"] = self.explain
+        out["exit_code"] = self.exit_code
+        return out
+
+
+class Engine:
+    """Brings the remote in step with the folder; holds the ledger and the API client."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        api: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        explain: bool = False,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.api = api
+        self.clock = clock
+        self.sleep = sleep
+        self.explain = explain
+
+    def close(self) -> None:
+        """Close the HTTP session and release the ledger (and its process lock)."""
+        try:
+            self.api.close()
+        finally:
+            self.ledger.close()
+
+    # --- the pass ------------------------------------------------------------------------
+
+    def sync_once(self, options: PassOptions = PassOptions()) -> SyncReport:
+        started = self.clock()
+        report = SyncReport(dry_run=options.dry_run, local_only=options.local_only)
+        pass_id = None if options.dry_run else self.ledger.start_pass(options.kind)
+        sent_before = self._api_counts()
+        try:
+            self._run(options, report)
+        finally:
+            report.seconds = round(self.clock() - started, 3)
+            report.requests, report.bytes_sent = self._api_delta(sent_before)
+            if pass_id is not None:
+                self.ledger.finish_pass(
+                    pass_id, summary=_summary(report), exit_code=report.exit_code
+                )
+        log.info("pass_finished", **_summary(report))
+        return report
+
+    def _run(self, options: PassOptions, report: SyncReport) -> None:
+        cfg = self.config
+        known = self.ledger.known_files()
+        result = self._scan(known, options.scope)
+        report.files_seen = result.stats.files_seen
+        report.files_hashed = result.stats.files_hashed
+        report.bytes_hashed = result.stats.bytes_hashed
+        report.orphan_sidecars = sorted(result.snapshot.orphan_sidecars.items())
+        if self.explain:
+            report.explain.extend(_explain_hashing(known, result))
+        if not options.dry_run:
+            self.ledger.record_files(result.files, scope=options.scope)
+
+        beliefs = self.ledger.inputs()
+        blocked = self._blocked()
+        resend_deletes: list[InputRecord] = []
+        if not options.local_only:
+            listed = [remote_input(r) for r in self.api.list_inputs()]
+            present = {item.input_id for item in listed}
+            blocked = {k: v for k, v in blocked.items() if k in present}
+            folded, remote = fold_remote(beliefs, listed, source_name=cfg.source.name)
+            self._report_remote(remote, report)
+            resend_deletes = [b for b in folded.values() if b.state is InputState.DELETING]
+            if not options.dry_run:
+                self._store_beliefs(beliefs, folded)
+                self._set_blocked(blocked)
+            beliefs = folded
+
+        snapshot = _hold_blocked(result.snapshot, blocked)
+        report.held = sorted(
+            (img.path, img.problem or "") for img in snapshot.images.values() if img.problem
+        )
+        for path, problem in report.held:
+            log.warning("file_held", path=path, reason=problem)
+
+        ops = plan(snapshot, beliefs, source_name=cfg.source.name)
+        report.planned = ops
+        report.guard = self._delete_guard(ops, beliefs, snapshot, options)
+        if self.explain:
+            report.explain.extend(
+                {"path": op.path, "input_id": op.input_id, "action": op.kind.value,
+                 "why": op.reason}
+                for op in ops
+            )
+            if report.guard:
+                report.explain.append({"path": "", "action": "guard", "why": report.guard})
+        if options.dry_run:
+            return
+
+        executor = self._executor()
+        if resend_deletes:
+            executor.delete([_delete_op(b) for b in resend_deletes])
+        sizes = {img.path: img.stat.size for img in snapshot.images.values()}
+        for round_no in range(MAX_ROUNDS):
+            if round_no:
+                ops = plan(snapshot, self.ledger.inputs(), source_name=cfg.source.name)
+                ops = [op for op in ops if op.kind is not OpKind.DELETE or op.replace]
+            replaced = self._execute(executor, ops, beliefs, sizes, report, options)
+            if not replaced or not options.wait:
+                break
+            self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
+            beliefs = self.ledger.inputs()
+        self._collect(executor.outcome, report)
+        if executor.outcome.blocked:
+            self._set_blocked({**blocked, **executor.outcome.blocked})
+        if options.wait:
+            self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
+        self._report_states(report)
+
+    def _execute(
+        self,
+        executor: Executor,
+        ops: Sequence[Operation],
+        beliefs: Mapping[str, InputRecord],
+        sizes: Mapping[str, int],
+        report: SyncReport,
+        options: PassOptions,
+    ) -> int:
+        """Run one round of operations; returns how many replacement deletes were sent."""
+        adds = [op for op in ops if op.kind is OpKind.ADD]
+        patches = [op for op in ops if op.kind is OpKind.PATCH]
+        replaces = [op for op in ops if op.kind is OpKind.DELETE and op.replace]
+        deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
+        executor.add(adds, sizes)
+        executor.patch(patches, beliefs)
+        executor.delete(replaces)
+        report.replaced += len(replaces)
+        if deletes and report.guard is None:
+            if executor.outcome.errors:
+                log.warning("deletes_withheld", count=len(deletes),
+                            reason="errors earlier in this pass")
+            else:
+                executor.delete(deletes)
+        return len(replaces)
+
+    # --- status reconciliation -----------------------------------------------------------
+
+    def poll(self, *, deadline: float) -> int:
+        """Poll pending and deleting inputs until all settle or `deadline`; returns how many
+        are still unsettled. One list request per page of ids, never one per input."""
+        interval = 0.05
+        beliefs = self.ledger.inputs()
+        waiting = {
+            b.input_id: b
+            for b in beliefs.values()
+            if b.state in (InputState.PENDING, InputState.DELETING)
+        }
+        while waiting:
+            present = {r.input_id: r for r in self.api.list_inputs(ids=sorted(waiting))}
+            updates: list[InputRecord] = []
+            gone: list[str] = []
+            for input_id, belief in list(waiting.items()):
+                found = present.get(input_id)
+                if belief.state is InputState.DELETING:
+                    if found is None:
+                        gone.append(input_id)
+                        del waiting[input_id]
+                    continue
+                if found is None:
+                    gone.append(input_id)  # lost remotely: the next plan adds it again
+                    del waiting[input_id]
+                    log.warning("input_missing_remotely", input_id=input_id, path=belief.path)
+                    continue
+                state = state_for_code(found.status_code)
+                if state is not InputState.PENDING:
+                    error = None
+                    if state is InputState.FAILED:
+                        error = f"{found.status_code} {found.status_description}".strip()
+                        log.warning("input_failed", input_id=input_id, path=belief.path,
+                                    reason=error)
+                    updates.append(dataclasses.replace(
+                        belief, state=state, code=found.status_code,
+                        description=found.status_description, error=error,
+                    ))
+                    del waiting[input_id]
+            with self.ledger.transaction():
+                self.ledger.put_inputs(updates)
+                self.ledger.drop_inputs(gone)
+            if not waiting or self.clock() >= deadline:
+                break
+            self.sleep(min(interval, max(0.0, deadline - self.clock())))
+            interval = min(interval * 1.5, 2.0)
+        return len(waiting)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _scan(self, known: Mapping[str, KnownFile], scope: tuple[str, ...] | None) -> ScanResult:
+        src = self.config.source
+        return scan(
+            src.root,
+            source_name=src.name,
+            include=src.include,
+            exclude=src.exclude,
+            labels_from_dirs=src.labels_from_dirs,
+            follow_symlinks=src.follow_symlinks,
+            max_file_bytes=self.config.sync.max_file_bytes,
+            known=known,
+            scope=scope,
+        )
+
+    def _executor(self) -> Executor:
+        cfg = self.config
+        return Executor(
+            api=self.api,
+            ledger=self.ledger,
+            root=cfg.source.root,
+            source_name=cfg.source.name,
+            batch_size=cfg.sync.batch_size,
+            workers=cfg.sync.workers,
+            dataset_id=cfg.remote.dataset_id,
+            url_base=cfg.source.url_base,
+            max_file_bytes=cfg.sync.max_file_bytes,
+        )
+
+    def _delete_guard(
+        self,
+        ops: Sequence[Operation],
+        beliefs: Mapping[str, InputRecord],
+        snapshot: LocalSnapshot,
+        options: PassOptions,
+    ) -> str | None:
+        deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
+        if not deletes:
+            return None
+        if snapshot.root_problem is not None:
+            return f"no deletes: {snapshot.root_problem}"
+        if not snapshot.images and snapshot.scope is None:
+            return (
+                f"no deletes: the root {self.config.source.root} holds no images, which looks "
+                f"like an unmounted or emptied disk; refusing to delete {len(deletes)} inputs"
+            )
+        if options.allow_mass_delete:
+            return None
+        owned = sum(1 for b in beliefs.values() if b.state is not InputState.DELETING)
+        sync = self.config.sync
+        fraction = len(deletes) / owned if owned else 1.0
+        if len(deletes) > sync.max_delete or fraction > sync.max_delete_fraction:
+            return (
+                f"stopped before deleting {len(deletes)} of {owned} inputs ({fraction:.0%}): "
+                f"over sync.max_delete = {sync.max_delete} or sync.max_delete_fraction = "
+                f"{sync.max_delete_fraction}; check the folder, then run "
+                "`syncd reconcile --allow-mass-delete` to proceed"
+            )
+        return None
+
+    def _store_beliefs(
+        self, old: Mapping[str, InputRecord], new: Mapping[str, InputRecord]
+    ) -> None:
+        changed = [rec for key, rec in new.items() if old.get(key) != rec]
+        with self.ledger.transaction():
+            self.ledger.put_inputs(changed)
+            self.ledger.drop_inputs([key for key in old if key not in new])
+
+    def _blocked(self) -> dict[str, str]:
+        raw = self.ledger.get_meta(BLOCKED_KEY)
+        return json.loads(raw) if raw else {}
+
+    def _set_blocked(self, blocked: Mapping[str, str]) -> None:
+        self.ledger.set_meta(BLOCKED_KEY, json.dumps(dict(sorted(blocked.items()))))
+
+    def _report_remote(self, remote: RemoteReport, report: SyncReport) -> None:
+        report.foreign = remote.foreign
+        report.missing_readded = len(remote.missing)
+        report.drifted = remote.drifted
+        if remote.drifted:
+            log.warning("remote_drift", count=len(remote.drifted), ids=remote.drifted[:20],
+                        policy="local wins")
+        if remote.adopted:
+            log.info("inputs_recognised", count=len(remote.adopted))
+
+    def _collect(self, outcome: Outcome, report: SyncReport) -> None:
+        report.added = len(outcome.added)
+        report.adopted += len(outcome.adopted)
+        report.relabeled = len(outcome.relabeled)
+        report.deleted = len(outcome.deleted) - report.replaced
+        report.failed = list(outcome.failed)
+        report.skipped = list(outcome.skipped)
+        report.errors = list(outcome.errors)
+        report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())
+
+    def _report_states(self, report: SyncReport) -> None:
+        beliefs = self.ledger.inputs()
+        report.pending = sum(
+            1 for b in beliefs.values() if b.state in (InputState.PENDING, InputState.DELETING)
+        )
+        failed_now = {i for i, _, _ in report.failed}
+        for b in beliefs.values():
+            if b.state is InputState.FAILED and b.input_id not in failed_now and b.error:
+                report.failed.append((b.input_id, b.path, b.error))
+
+    def _api_counts(self) -> tuple[dict[str, int], int]:
+        stats = getattr(self.api, "stats", None)
+        if stats is None:
+            return {}, 0
+        return dict(stats.requests), int(stats.bytes_sent)
+
+    def _api_delta(self, before: tuple[dict[str, int], int]) -> tuple[dict[str, int], int]:
+        after = self._api_counts()
+        delta = {k: v - before[0].get(k, 0) for k, v in after[0].items()}
+        return {k: v for k, v in delta.items() if v}, after[1] - before[1]
+
+
+def open_engine(config: Config, *, explain: bool = False, rebuild_ledger: bool = False) -> Engine:
+    """Credentials, ledger and API client for one process; the caller closes the ledger."""
+    key = resolve_api_key(config)
+    register_secret(key.value)
+    if rebuild_ledger:
+        moved = Ledger.move_aside(config.ledger.path)
+        if moved is not None:
+            log.warning("ledger_moved_aside", path=str(moved))
+    ledger = Ledger.open(config.ledger.path)
+    try:
+        remote = config.remote
+        ledger.check_identity(
+            source_name=config.source.name,
+            remote=remote_identity(config),
+        )
+        api = ClarifaiApi(
+            remote.api_base,
+            key.value,
+            user_id=remote.user_id,
+            app_id=remote.app_id,
+            key_source=key.source,
+            workers=config.sync.workers,
+            max_requests_per_second=config.sync.max_requests_per_second,
+            timeout=remote.timeout,
+        )
+    except BaseException:
+        ledger.close()
+        raise
+    return Engine(config, ledger, api, explain=explain)
+
+
+def remote_identity(config: Config) -> str:
+    """Which remote app a ledger belongs to: a ledger is never reused against another."""
+    remote = config.remote
+    return f"{remote.api_base.rstrip('/')}/{remote.user_id or '-'}/{remote.app_id or '-'}"
+
+
+def _delete_op(belief: InputRecord) -> Operation:
+    return Operation(OpKind.DELETE, belief.input_id, belief.path, "delete not yet confirmed")
+
+
+def _hold_blocked(snapshot: LocalSnapshot, blocked: Mapping[str, str]) -> LocalSnapshot:
+    if not blocked:
+        return snapshot
+    images = {
+        path: dataclasses.replace(img, problem=blocked[img.input_id])
+        if img.input_id in blocked and img.problem is None
+        else img
+        for path, img in snapshot.images.items()
+    }
+    return dataclasses.replace(snapshot, images=images)
+
+
+def _explain_hashing(known: Mapping[str, KnownFile], result: ScanResult) -> list[dict[str, str]]:
+    out = []
+    for rec in result.files:
+        old = known.get(rec.path)
+        if rec.stat is None:
+            continue
+        if old is None:
+            why = "not in the ledger: hashed"
+        elif not old.trusted:
+            why = "modified close to the last scan (racy timestamp): hashed again"
+        else:
+            fields = [
+                f.name for f in dataclasses.fields(rec.stat)
+                if getattr(rec.stat, f.name) != getattr(old.stat, f.name)
+            ]
+            if not fields:
+                continue
+            why = ", ".join(fields) + " changed: hashed"
+        out.append({"path": rec.path, "action": "hash", "why": why})
+    return out
+
+
+def _summary(report: SyncReport) -> dict[str, Any]:
+    return {
+        "added": report.added,
+        "adopted": report.adopted,
+        "relabeled": report.relabeled,
+        "deleted": report.deleted,
+        "replaced": report.replaced,
+        "failed": len(report.failed),
+        "held": len(report.held),
+        "pending": report.pending,
+        "foreign": report.foreign,
+        "files_seen": report.files_seen,
+        "files_hashed": report.files_hashed,
+        "bytes_sent": report.bytes_sent,
+        "requests": sum(report.requests.values()),
+        "seconds": report.seconds,
+        "guard": report.guard,
+        "errors": len(report.errors),
+        "dry_run": report.dry_run,
+    }

@@ -1,0 +1,368 @@
+"""Send planned operations to the remote, bracketing every request with ledger writes.
+
+Intent goes into the ledger before a request (an add is `adding`, a delete `deleting`) and the
+outcome after it, so a crash at any moment leaves a ledger that the next pass can finish from:
+an `adding` input is simply added again, and a "duplicate ID" answer for it is adopted.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from syncd.api import ItemResult, RemoteRecord
+from syncd.batcher import batches
+from syncd.errors import AuthError, RejectedError, TransientError
+from syncd.model import InputRecord, InputState, Labels, Operation
+from syncd.planner import state_for_code
+from syncd.remote import remote_input
+
+log = structlog.get_logger(__name__)
+
+#: Per-input codes meaning "no such input" in PATCH answers.
+MISSING_CODES = frozenset({30102, 11101})
+
+
+class Api(Protocol):
+    def add_inputs(self, inputs: Sequence[dict[str, Any]]) -> list[ItemResult]: ...
+    def patch_inputs(self, inputs: Sequence[dict[str, Any]], action: str) -> list[ItemResult]: ...
+    def delete_inputs(self, ids: Sequence[str]) -> None: ...
+    def get_input(self, input_id: str) -> RemoteRecord | None: ...
+
+
+class LedgerWriter(Protocol):
+    def put_inputs(self, records: Iterable[InputRecord]) -> None: ...
+    def drop_inputs(self, ids: Iterable[str]) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What happened to the operations of one pass."""
+
+    added: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    relabeled: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (input id, path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    blocked: dict[str, str] = field(default_factory=dict)  # input id -> why (foreign owner)
+    errors: list[str] = field(default_factory=list)  # request-level failures
+    bytes_read: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, fn: Callable[[Outcome], None]) -> None:
+        with self._lock:
+            fn(self)
+
+
+@dataclass
+class Executor:
+    api: Api
+    ledger: LedgerWriter
+    root: Path
+    source_name: str
+    batch_size: int = 128
+    workers: int = 4
+    dataset_id: str | None = None
+    url_base: str | None = None
+    max_file_bytes: int = 20_000_000
+    outcome: Outcome = field(default_factory=Outcome)
+
+    # --- adds --------------------------------------------------------------------------
+
+    def add(self, ops: Sequence[Operation], sizes: Mapping[str, int]) -> None:
+        """Create inputs, `workers` batches at a time; sizes (by path) keep bodies bounded."""
+        groups = list(
+            batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
+        )
+        self._run_parallel(self._add_batch, groups)
+
+    def _add_batch(self, ops: list[Operation]) -> None:
+        payload: list[dict[str, Any]] = []
+        sendable: list[Operation] = []
+        for op in ops:
+            image = self._image_field(op)
+            if image is None:
+                continue
+            payload.append(self._input_json(op, image))
+            sendable.append(op)
+        if not sendable:
+            return
+        self.ledger.put_inputs(_intent(op, InputState.ADDING) for op in sendable)
+        results = self._send_splitting(self.api.add_inputs, payload, sendable)
+        records: list[InputRecord] = []
+        duplicates: list[Operation] = []
+        for op, result in results:
+            if result is None:
+                continue  # request-level failure, already noted; the intent stays `adding`
+            if result.duplicate:
+                duplicates.append(op)
+            elif result.ok:
+                records.append(_record(op, op.labels, result.code, result.description))
+                self.outcome.record(lambda o, i=op.input_id: o.added.append(i))
+            else:
+                reason = _reason(result)
+                records.append(
+                    _record(op, op.labels, result.code, result.description, InputState.FAILED,
+                            error=reason)
+                )
+                self.outcome.record(lambda o, op=op, r=reason: o.failed.append(
+                    (op.input_id, op.path, r)))
+                log.warning("add_failed", path=op.path, input_id=op.input_id, reason=reason)
+        self.ledger.put_inputs(records)
+        for op in duplicates:
+            self._adopt(op)
+
+    def _adopt(self, op: Operation) -> None:
+        """An add met an existing id: take it over if it is ours, else hold the file."""
+        found = self.api.get_input(op.input_id)
+        if found is None:
+            # gone meanwhile (a delete finishing): forget the intent, the next pass adds it
+            self.ledger.drop_inputs([op.input_id])
+            return
+        item = remote_input(found)
+        if item.marker is None or item.marker.source != self.source_name:
+            why = (
+                f"input id {op.input_id} already exists remotely and is not owned by syncd "
+                f"source {self.source_name!r}; give {op.path} another id in its sidecar"
+            )
+            self.ledger.drop_inputs([op.input_id])
+            self.outcome.record(lambda o: o.blocked.__setitem__(op.input_id, why))
+            log.warning("input_id_taken", path=op.path, input_id=op.input_id)
+            return
+        self.ledger.put_inputs([
+            InputRecord(
+                input_id=op.input_id,
+                path=item.marker.path,
+                state=state_for_code(item.status_code),
+                sha256=item.marker.sha256,
+                labels=item.labels,
+                code=item.status_code,
+            )
+        ])
+        self.outcome.record(lambda o: o.adopted.append(op.input_id))
+        log.info("input_adopted", path=op.path, input_id=op.input_id)
+
+    def _image_field(self, op: Operation) -> dict[str, Any] | None:
+        if self.url_base:
+            url = self.url_base.rstrip("/") + "/" + urllib.parse.quote(
+                op.path.encode("utf-8", "surrogateescape")
+            )
+            return {"url": url, "allow_duplicate_url": True}
+        path = self.root / op.path
+        try:
+            with open(path, "rb") as f:
+                data = f.read(self.max_file_bytes + 1)
+        except OSError as exc:
+            self._skip(op, f"unreadable: {exc.strerror or exc}")
+            return None
+        if len(data) > self.max_file_bytes or hashlib.sha256(data).hexdigest() != op.sha256:
+            self._skip(op, "changed since it was scanned; it goes out on the next pass")
+            return None
+        self.outcome.record(lambda o: setattr(o, "bytes_read", o.bytes_read + len(data)))
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+    def _skip(self, op: Operation, reason: str) -> None:
+        self.outcome.record(lambda o: o.skipped.append((op.path, reason)))
+        log.info("add_skipped", path=op.path, reason=reason)
+
+    def _input_json(self, op: Operation, image: dict[str, Any]) -> dict[str, Any]:
+        assert op.labels is not None
+        item: dict[str, Any] = {
+            "id": op.input_id,
+            "data": {
+                "image": image,
+                "concepts": _concepts_json(op.labels),
+                "metadata": op.labels.metadata_dict(),
+            },
+        }
+        if self.dataset_id:
+            item["dataset_ids"] = [self.dataset_id]
+        return item
+
+    # --- patches -----------------------------------------------------------------------
+
+    def patch(self, ops: Sequence[Operation], beliefs: Mapping[str, InputRecord]) -> None:
+        """Relabel inputs: every `remove` first, then every `merge`."""
+        removes = [op for op in ops if op.remove is not None]
+        merges = [op for op in ops if op.merge is not None]
+        failed: set[str] = set()
+        for action, group in (("remove", removes), ("merge", merges)):
+            todo = [op for op in group if op.input_id not in failed]
+            chunks = list(batches(todo, size=self.batch_size))
+            self._run_parallel(lambda chunk, a=action: self._patch_batch(chunk, a, failed), chunks)
+        done = [op for op in ops if op.input_id not in failed]
+        self.ledger.put_inputs(
+            dataclasses.replace(beliefs[op.input_id], path=op.path, labels=op.labels, error=None)
+            for op in done
+        )
+        self.outcome.record(lambda o: o.relabeled.extend(op.input_id for op in done))
+
+    def _patch_batch(self, ops: list[Operation], action: str, failed: set[str]) -> None:
+        payload = []
+        for op in ops:
+            body = op.remove if action == "remove" else op.merge
+            assert body is not None
+            data: dict[str, Any] = {}
+            if body.concepts:
+                data["concepts"] = (
+                    [{"id": cid} for cid, _ in body.concepts]
+                    if action == "remove"
+                    else _concepts_json(body)
+                )
+            metadata = body.metadata_dict()
+            if metadata:
+                data["metadata"] = metadata
+            payload.append({"id": op.input_id, "data": data})
+        results = self._send_splitting(
+            lambda items: self.api.patch_inputs(items, action), payload, ops
+        )
+        for op, result in results:
+            if result is not None and result.ok:
+                continue
+            with self.outcome._lock:
+                failed.add(op.input_id)
+            if result is None:
+                continue
+            if result.code in MISSING_CODES:
+                # gone remotely: forget it, so the next plan adds it again
+                self.ledger.drop_inputs([op.input_id])
+                log.warning("patch_target_missing", path=op.path, input_id=op.input_id)
+            else:
+                reason = _reason(result)
+                self.outcome.record(lambda o, op=op, r=reason: o.failed.append(
+                    (op.input_id, op.path, r)))
+                log.warning("patch_failed", path=op.path, input_id=op.input_id, reason=reason)
+
+    # --- deletes -----------------------------------------------------------------------
+
+    def delete(self, ops: Sequence[Operation]) -> None:
+        """Delete inputs by id; the intent (`deleting`) is written first."""
+        chunks = list(batches(ops, size=self.batch_size))
+        self._run_parallel(self._delete_batch, chunks)
+
+    def _delete_batch(self, ops: list[Operation]) -> None:
+        self.ledger.put_inputs(_intent(op, InputState.DELETING) for op in ops)
+        try:
+            self.api.delete_inputs([op.input_id for op in ops])
+        except (TransientError, RejectedError) as exc:
+            self._request_failed("delete", exc)
+            return
+        self.outcome.record(lambda o: o.deleted.extend(op.input_id for op in ops))
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _send_splitting(
+        self,
+        send: Callable[[list[dict[str, Any]]], list[ItemResult]],
+        payload: list[dict[str, Any]],
+        ops: list[Operation],
+    ) -> list[tuple[Operation, ItemResult | None]]:
+        """Send one batch; when every item failed, split it in halves and send again.
+
+        A server that fails a whole batch for one bad item (a duplicate id, a missing input)
+        is survived this way: the culprit ends up alone and the rest goes through.
+        Re-sending is safe: patches are idempotent, and an add that did land answers
+        "duplicate ID", which is adopted.
+        """
+        try:
+            results = send(payload)
+        except (TransientError, RejectedError) as exc:
+            if len(payload) > 1 and isinstance(exc, RejectedError):
+                mid = len(payload) // 2
+                return self._send_splitting(send, payload[:mid], ops[:mid]) + (
+                    self._send_splitting(send, payload[mid:], ops[mid:])
+                )
+            self._request_failed(send.__name__ if hasattr(send, "__name__") else "request", exc)
+            return [(op, None) for op in ops]
+        if len(payload) > 1 and results and not any(r.ok for r in results):
+            mid = len(payload) // 2
+            return self._send_splitting(send, payload[:mid], ops[:mid]) + (
+                self._send_splitting(send, payload[mid:], ops[mid:])
+            )
+        by_id = {r.input_id: r for r in results}
+        return [(op, by_id.get(op.input_id)) for op in ops]
+
+    def _request_failed(self, what: str, exc: Exception) -> None:
+        message = f"{what} request failed: {exc}"
+        self.outcome.record(lambda o: o.errors.append(message))
+        log.warning("request_failed", what=what, error=str(exc))
+
+    def _run_parallel(self, fn: Callable[[Any], None], jobs: Sequence[Any]) -> None:
+        """Run `fn` over jobs on `workers` threads; an AuthError stops everything at once."""
+        if not jobs:
+            return
+        if self.workers <= 1 or len(jobs) == 1:
+            for job in jobs:
+                fn(job)
+            return
+        stop = threading.Event()
+
+        def guarded(job: Any) -> None:
+            if stop.is_set():
+                return
+            try:
+                fn(job)
+            except AuthError:
+                stop.set()
+                raise
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="syncd-send") as pool:
+            futures: list[Future[None]] = [pool.submit(guarded, job) for job in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:
+                    stop.set()
+                    for other in futures:
+                        other.cancel()
+                    raise exc
+            wait(futures)
+            for fut in futures:
+                if not fut.cancelled() and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+
+
+def _concepts_json(labels: Labels) -> list[dict[str, Any]]:
+    return [{"id": cid, "value": value} for cid, value in labels.concepts]
+
+
+def _intent(op: Operation, state: InputState) -> InputRecord:
+    return InputRecord(
+        input_id=op.input_id, path=op.path, state=state, sha256=op.sha256, labels=op.labels
+    )
+
+
+def _record(
+    op: Operation,
+    labels: Labels | None,
+    code: int,
+    description: str,
+    state: InputState | None = None,
+    error: str | None = None,
+) -> InputRecord:
+    return InputRecord(
+        input_id=op.input_id,
+        path=op.path,
+        state=state or state_for_code(code),
+        sha256=op.sha256,
+        labels=labels,
+        code=code,
+        description=description,
+        error=error,
+    )
+
+
+def _reason(result: ItemResult) -> str:
+    text = f"{result.code} {result.description}".strip()
+    return f"{text}: {result.details}" if result.details else text

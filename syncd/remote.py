@@ -1,0 +1,36 @@
+"""Read what the remote says about an input into the model's terms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncd.api import RemoteRecord
+from syncd.model import Labels, Marker, RemoteInput, canonical_json, normalize_metadata
+
+
+def labels_from_data(data: dict[str, Any]) -> Labels:
+    """Concepts (id -> value) and normalised metadata from an input's `data`.
+
+    A concept without `value` reads as 0.0, the protobuf default (the service always shows it).
+    """
+    concepts = {}
+    for concept in data.get("concepts") or ():
+        cid = concept.get("id")
+        if isinstance(cid, str) and cid:
+            concepts[cid] = float(concept.get("value", 0.0))
+    metadata = data.get("metadata") or {}
+    try:
+        normalized = normalize_metadata(metadata) if isinstance(metadata, dict) else {}
+    except ValueError:
+        normalized = {}
+    return Labels(tuple(sorted(concepts.items())), canonical_json(normalized))
+
+
+def remote_input(record: RemoteRecord) -> RemoteInput:
+    labels = labels_from_data(record.data or {})
+    return RemoteInput(
+        input_id=record.input_id,
+        labels=labels,
+        marker=Marker.from_metadata(labels.metadata_dict()),
+        status_code=record.status_code,
+    )
