@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LEGACY := .venv-legacy
 
-.PHONY: test demo bench soak lint clean
+.PHONY: test demo bench soak lint clean systemd-analyze
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,12 +23,23 @@ $(LEGACY)/.installed:
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed $(LEGACY)/.installed
+# systemd-analyze checks the unit files in deploy/ (tests/test_deploy.py).
+systemd-analyze:
+	command -v systemd-analyze >/dev/null || \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null)
+
+test: $(VENV)/.installed $(LEGACY)/.installed systemd-analyze
 	$(BIN)/ruff check .
 	SYNCD_LEGACY_PYTHON=$(CURDIR)/$(LEGACY)/bin/python $(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m syncd.demo
+
+bench: $(VENV)/.installed $(LEGACY)/.installed
+	SYNCD_LEGACY_PYTHON=$(CURDIR)/$(LEGACY)/bin/python $(BIN)/python bench/run.py
+
+soak: $(VENV)/.installed
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(LEGACY) demo .pytest_cache .hypothesis

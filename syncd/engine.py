@@ -243,12 +243,7 @@ class Engine:
         """Poll pending and deleting inputs until all settle or `deadline`; returns how many
         are still unsettled. One list request per page of ids, never one per input."""
         interval = 0.05
-        beliefs = self.ledger.inputs()
-        waiting = {
-            b.input_id: b
-            for b in beliefs.values()
-            if b.state in (InputState.PENDING, InputState.DELETING)
-        }
+        waiting = self.ledger.inputs((InputState.PENDING, InputState.DELETING))
         while waiting:
             present = {r.input_id: r for r in self.api.list_inputs(ids=sorted(waiting))}
             updates: list[InputRecord] = []
@@ -383,13 +378,11 @@ class Engine:
         report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())
 
     def _report_states(self, report: SyncReport) -> None:
-        beliefs = self.ledger.inputs()
-        report.pending = sum(
-            1 for b in beliefs.values() if b.state in (InputState.PENDING, InputState.DELETING)
-        )
+        counts = self.ledger.counts_by_state()
+        report.pending = counts[InputState.PENDING] + counts[InputState.DELETING]
         failed_now = {i for i, _, _ in report.failed}
-        for b in beliefs.values():
-            if b.state is InputState.FAILED and b.input_id not in failed_now and b.error:
+        for b in self.ledger.inputs((InputState.FAILED,)).values():
+            if b.input_id not in failed_now and b.error:
                 report.failed.append((b.input_id, b.path, b.error))
 
     def _api_counts(self) -> tuple[dict[str, int], int]:

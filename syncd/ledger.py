@@ -348,10 +348,15 @@ class Ledger:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def inputs(self) -> dict[str, InputRecord]:
-        """Every input the ledger knows, by input id."""
+    def inputs(self, states: Iterable[InputState] | None = None) -> dict[str, InputRecord]:
+        """Every input the ledger knows (or those in `states`), by input id."""
+        query = f"SELECT {_INPUT_COLUMNS} FROM inputs"
+        params: list[str] = []
+        if states is not None:
+            params = [InputState(state).value for state in states]
+            query += f" WHERE state IN ({', '.join('?' * len(params))})"
         with self._reading() as conn:
-            rows = conn.execute(f"SELECT {_INPUT_COLUMNS} FROM inputs").fetchall()
+            rows = conn.execute(query, params).fetchall()
         return {row[0]: _input_out(row) for row in rows}
 
     def input(self, input_id: str) -> InputRecord | None:
@@ -682,7 +687,7 @@ def _input_out(row: tuple[Any, ...]) -> InputRecord:
     labels = None
     if concepts is not None and metadata is not None:
         labels = Labels(
-            tuple((str(c), float(v)) for c, v in json.loads(concepts)),
+            () if concepts == "[]" else tuple((str(c), float(v)) for c, v in json.loads(concepts)),
             metadata.decode("utf-8", "surrogatepass"),
         )
     return InputRecord(

@@ -72,7 +72,8 @@ class Labels:
 
     @classmethod
     def build(cls, concepts: Mapping[str, bool | float], metadata: Mapping[str, Any]) -> Labels:
-        return cls(make_concepts(concepts), canonical_json(normalize_metadata(metadata)))
+        meta = canonical_json(normalize_metadata(metadata)) if metadata else "{}"
+        return cls(make_concepts(concepts) if concepts else (), meta)
 
     def metadata_dict(self) -> dict[str, Any]:
         return json.loads(self.metadata)

@@ -54,8 +54,12 @@ def state_for_code(code: int | None) -> InputState:
 def desired_labels(image: LocalImage, source_name: str) -> Labels:
     """The labels an input should carry: the sidecar's, plus syncd's ownership marker."""
     assert image.labels is not None and image.sha256 is not None
+    marker = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
+    if image.labels.metadata == "{}":
+        # the common case, without a parse: the marker is the only key
+        return Labels(image.labels.concepts, canonical_json({MARKER_KEY: marker}))
     metadata = image.labels.metadata_dict()
-    metadata[MARKER_KEY] = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
+    metadata[MARKER_KEY] = marker
     return Labels(image.labels.concepts, canonical_json(metadata))
 
 
