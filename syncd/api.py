@@ -327,6 +327,12 @@ class ApiStats:
 # --- the client -----------------------------------------------------------------------------
 
 
+#: Requests go out at this fraction of `max_requests_per_second`: a server counting in a sliding
+#: one-second window sees network jitter bunch evenly spaced requests, and a limit of exactly
+#: 15/s then earns the odd 429 (measured: 16 answers of 429 in a 20,000-input sync).
+RATE_HEADROOM = 0.95
+
+
 class ClarifaiApi:
     """Inputs API calls over one keep-alive session, safe to share between `workers` threads.
 
@@ -377,7 +383,7 @@ class ClarifaiApi:
         self._lock = threading.Lock()
         self._paused_until = float("-inf")
         self._bucket = (
-            TokenBucket(max_requests_per_second, clock=clock, sleep=sleep)
+            TokenBucket(max_requests_per_second * RATE_HEADROOM, clock=clock, sleep=sleep)
             if max_requests_per_second
             else None
         )

@@ -68,6 +68,7 @@ class SyncReport:
     pending: int = 0
     guard: str | None = None
     errors: list[str] = field(default_factory=list)
+    unreachable: bool = False  # an error was the remote being down: exit 3, not 1
     explain: list[dict[str, str]] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)
     bytes_sent: int = 0
@@ -75,17 +76,20 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
-        if self.errors:
+        if self.unreachable:
             return 3
         if self.guard:
             return 4
-        if self.failed or self.held or self.pending:
+        if self.errors or self.failed or self.held or self.pending:
             return 1
         return 0
 
     def as_dict(self) -> dict[str, Any]:
+        # field by field: dataclasses.asdict would deep-copy every planned operation
         out = {
-            k: v for k, v in dataclasses.asdict(self).items() if k not in ("planned", "explain")
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("planned", "explain")
         }
         out["planned"] = [
             {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
@@ -318,11 +322,12 @@ class Engine:
         snapshot: LocalSnapshot,
         options: PassOptions,
     ) -> str | None:
+        if snapshot.root_problem is not None:
+            # nothing under the root can be judged: say so, whatever was planned
+            return f"no deletes: {snapshot.root_problem}"
         deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
         if not deletes:
             return None
-        if snapshot.root_problem is not None:
-            return f"no deletes: {snapshot.root_problem}"
         if not snapshot.images and snapshot.scope is None:
             return (
                 f"no deletes: the root {self.config.source.root} holds no images, which looks "
@@ -361,6 +366,7 @@ class Engine:
         report.foreign = remote.foreign
         report.missing_readded = len(remote.missing)
         report.drifted = remote.drifted
+        report.adopted += len(remote.adopted)
         if remote.drifted:
             log.warning("remote_drift", count=len(remote.drifted), ids=remote.drifted[:20],
                         policy="local wins")
@@ -375,6 +381,7 @@ class Engine:
         report.failed = list(outcome.failed)
         report.skipped = list(outcome.skipped)
         report.errors = list(outcome.errors)
+        report.unreachable = outcome.unreachable
         report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())
 
     def _report_states(self, report: SyncReport) -> None:

@@ -57,6 +57,7 @@ class Outcome:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     blocked: dict[str, str] = field(default_factory=dict)  # input id -> why (foreign owner)
     errors: list[str] = field(default_factory=list)  # request-level failures
+    unreachable: bool = False  # one of them was the remote being down or throttling
     bytes_read: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -295,7 +296,12 @@ class Executor:
 
     def _request_failed(self, what: str, exc: Exception) -> None:
         message = f"{what} request failed: {exc}"
-        self.outcome.record(lambda o: o.errors.append(message))
+
+        def note(o: Outcome) -> None:
+            o.errors.append(message)
+            o.unreachable = o.unreachable or isinstance(exc, TransientError)
+
+        self.outcome.record(note)
         log.warning("request_failed", what=what, error=str(exc))
 
     def _run_parallel(self, fn: Callable[[Any], None], jobs: Sequence[Any]) -> None:

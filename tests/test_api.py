@@ -21,6 +21,7 @@ import pytest
 import structlog.testing
 
 from syncd.api import (
+    RATE_HEADROOM,
     ApiStats,
     ClarifaiApi,
     Envelope,
@@ -745,13 +746,14 @@ def test_real_threads_survive_a_throttling_server(emulator: Any) -> None:
 
 
 def test_client_rate_limit_spaces_requests(emulator: Any) -> None:
-    """max_requests_per_second=5 makes six calls wait 0.2 s before each call after the first."""
+    """max_requests_per_second=5 spaces six calls 1/(5 x RATE_HEADROOM) s apart."""
     ft = FakeTime()
     api = api_for(emulator, max_requests_per_second=5, sleep=ft.sleep, clock=ft.clock)
     for _ in range(6):
         api.check_auth()
-    assert ft.sleeps == pytest.approx([0.2] * 5)
-    assert api.stats.seconds_waiting == pytest.approx(1.0)
+    gap = 1 / (5 * RATE_HEADROOM)
+    assert ft.sleeps == pytest.approx([gap] * 5)
+    assert api.stats.seconds_waiting == pytest.approx(5 * gap)
     assert api.stats.requests["count"] == 6
     api.close()
 
