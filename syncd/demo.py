@@ -34,9 +34,20 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> int:
 def _start_emulator(workdir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "syncd", "emulator", "--port", "0",
-            "--api-key", DEMO_KEY, "--state", str(workdir / "emulator.db"),
-            "--processing-delay", "0.5", "--delete-delay", "0.5",
+            sys.executable,
+            "-m",
+            "syncd",
+            "emulator",
+            "--port",
+            "0",
+            "--api-key",
+            DEMO_KEY,
+            "--state",
+            str(workdir / "emulator.db"),
+            "--processing-delay",
+            "0.5",
+            "--delete-delay",
+            "0.5",
         ],
         stdout=subprocess.PIPE,
         stderr=(workdir / "emulator.log").open("w"),

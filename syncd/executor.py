@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ import structlog
 from syncd.api import ItemResult, RemoteRecord
 from syncd.batcher import batches
 from syncd.errors import AuthError, RejectedError, TransientError
-from syncd.model import InputRecord, InputState, Labels, Operation
+from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
 from syncd.planner import state_for_code
 from syncd.remote import remote_input
 
@@ -78,14 +79,26 @@ class Executor:
     url_base: str | None = None
     max_file_bytes: int = 20_000_000
     outcome: Outcome = field(default_factory=Outcome)
+    #: path -> the scanned stat, for files whose stat proves their bytes (outside the racy
+    #: window); set by `add`
+    _settled: Mapping[str, FileStat] = field(default_factory=dict, repr=False)
 
     # --- adds --------------------------------------------------------------------------
 
-    def add(self, ops: Sequence[Operation], sizes: Mapping[str, int]) -> None:
-        """Create inputs, `workers` batches at a time; sizes (by path) keep bodies bounded."""
-        groups = list(
-            batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
-        )
+    def add(
+        self,
+        ops: Sequence[Operation],
+        sizes: Mapping[str, int],
+        settled: Mapping[str, FileStat] | None = None,
+    ) -> None:
+        """Create inputs, `workers` batches at a time; sizes (by path) keep bodies bounded.
+
+        `settled`: path -> stat as scanned, only for files last changed before the scanner's
+        racy window. A file read with exactly that stat is sent without hashing it again (the
+        evidence the stat cache trusts); any other file is hashed to prove its bytes.
+        """
+        self._settled = settled or {}
+        groups = list(batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0)))
         self._run_parallel(self._add_batch, groups)
 
     def _add_batch(self, ops: list[Operation]) -> None:
@@ -114,11 +127,18 @@ class Executor:
             else:
                 reason = _reason(result)
                 records.append(
-                    _record(op, op.labels, result.code, result.description, InputState.FAILED,
-                            error=reason)
+                    _record(
+                        op,
+                        op.labels,
+                        result.code,
+                        result.description,
+                        InputState.FAILED,
+                        error=reason,
+                    )
                 )
-                self.outcome.record(lambda o, op=op, r=reason: o.failed.append(
-                    (op.input_id, op.path, r)))
+                self.outcome.record(
+                    lambda o, op=op, r=reason: o.failed.append((op.input_id, op.path, r))
+                )
                 log.warning("add_failed", path=op.path, input_id=op.input_id, reason=reason)
         self.ledger.put_inputs(records)
         for op in duplicates:
@@ -141,37 +161,56 @@ class Executor:
             self.outcome.record(lambda o: o.blocked.__setitem__(op.input_id, why))
             log.warning("input_id_taken", path=op.path, input_id=op.input_id)
             return
-        self.ledger.put_inputs([
-            InputRecord(
-                input_id=op.input_id,
-                path=item.marker.path,
-                state=state_for_code(item.status_code),
-                sha256=item.marker.sha256,
-                labels=item.labels,
-                code=item.status_code,
-            )
-        ])
+        self.ledger.put_inputs(
+            [
+                InputRecord(
+                    input_id=op.input_id,
+                    path=item.marker.path,
+                    state=state_for_code(item.status_code),
+                    sha256=item.marker.sha256,
+                    labels=item.labels,
+                    code=item.status_code,
+                )
+            ]
+        )
         self.outcome.record(lambda o: o.adopted.append(op.input_id))
         log.info("input_adopted", path=op.path, input_id=op.input_id)
 
     def _image_field(self, op: Operation) -> dict[str, Any] | None:
         if self.url_base:
-            url = self.url_base.rstrip("/") + "/" + urllib.parse.quote(
-                op.path.encode("utf-8", "surrogateescape")
+            url = (
+                self.url_base.rstrip("/")
+                + "/"
+                + urllib.parse.quote(op.path.encode("utf-8", "surrogateescape"))
             )
             return {"url": url, "allow_duplicate_url": True}
         path = self.root / op.path
         try:
             with open(path, "rb") as f:
                 data = f.read(self.max_file_bytes + 1)
+                after = os.fstat(f.fileno())  # after the read: a write meanwhile moves ctime
         except OSError as exc:
             self._skip(op, f"unreadable: {exc.strerror or exc}")
             return None
-        if len(data) > self.max_file_bytes or hashlib.sha256(data).hexdigest() != op.sha256:
+        if len(data) > self.max_file_bytes or not self._same_bytes(op, data, after):
             self._skip(op, "changed since it was scanned; it goes out on the next pass")
             return None
         self.outcome.record(lambda o: setattr(o, "bytes_read", o.bytes_read + len(data)))
         return {"base64": base64.b64encode(data).decode("ascii")}
+
+    def _same_bytes(self, op: Operation, data: bytes, after: os.stat_result) -> bool:
+        """Whether `data` are the bytes scanned (and hashed) for `op`: proven by an unchanged
+        stat for a settled file, by the hash otherwise."""
+        scanned = self._settled.get(op.path)
+        if (
+            scanned is not None
+            and scanned.size == after.st_size == len(data)
+            and scanned.mtime_ns == after.st_mtime_ns
+            and scanned.ctime_ns == after.st_ctime_ns
+            and scanned.inode == after.st_ino
+        ):
+            return True
+        return hashlib.sha256(data).hexdigest() == op.sha256
 
     def _skip(self, op: Operation, reason: str) -> None:
         self.outcome.record(lambda o: o.skipped.append((op.path, reason)))
@@ -241,8 +280,9 @@ class Executor:
                 log.warning("patch_target_missing", path=op.path, input_id=op.input_id)
             else:
                 reason = _reason(result)
-                self.outcome.record(lambda o, op=op, r=reason: o.failed.append(
-                    (op.input_id, op.path, r)))
+                self.outcome.record(
+                    lambda o, op=op, r=reason: o.failed.append((op.input_id, op.path, r))
+                )
                 log.warning("patch_failed", path=op.path, input_id=op.input_id, reason=reason)
 
     # --- deletes -----------------------------------------------------------------------

@@ -299,44 +299,67 @@ class Ledger:
         """Every cached path with a complete stat and a hash (what the scanner may trust)."""
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted FROM files "
+                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error IS NULL "
+                "FROM files "
                 "WHERE size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
                 "AND inode IS NOT NULL AND sha256 IS NOT NULL"
-            ).fetchall()
-        return {
-            _path_out(p): KnownFile(stat=FileStat(s, m, c, i), sha256=h, trusted=bool(t))
-            for p, s, m, c, i, h, t in rows
-        }
+            )
+            # built row by row (not fetchall first): at a million files the raw rows would
+            # double the peak memory for a moment
+            return {
+                _path_out(p): KnownFile(FileStat(s, m, c, i), h, t == 1, n == 1)
+                for p, s, m, c, i, h, t, n in rows
+            }
 
     def record_files(self, records: Iterable[FileRecord], *, scope: Sequence[str] | None) -> None:
         """Upsert `records`; then forget cached paths under `scope` that are not among them.
 
         `scope` None means the records are a full scan and replace the table. A scope prefix
         covers itself and everything below it ("" or "." covers everything), as in
-        `LocalSnapshot.covers`.
+        `LocalSnapshot.covers`. Records marked `unchanged` (the row already says exactly that)
+        are not written again, so a pass over an unchanged tree writes nothing; `seen_at` is
+        the time a row was last written.
         """
         now = self._clock()
-        rows = [_file_row(r, now) for r in records]
+        if not isinstance(records, Sequence):
+            records = list(records)  # read twice below
+        full = scope is None or any(s in ("", ".") for s in scope)
+        rows = [_file_row(r, now) for r in records if not r.unchanged]
         with self.transaction():
             conn = self._live().conn
-            conn.execute("DELETE FROM temp.seen_paths")
             conn.executemany(_UPSERT_FILE, rows)
-            conn.executemany(
-                "INSERT OR IGNORE INTO temp.seen_paths(path) VALUES (?)", [(r[0],) for r in rows]
-            )
-            deleted = 0
-            if scope is None or any(s in ("", ".") for s in scope):
-                deleted = conn.execute(f"DELETE FROM files WHERE {_NOT_SEEN}").rowcount
-            else:
-                for prefix in scope:
-                    exact, low, high = _scope_bounds(prefix)
-                    deleted += conn.execute(
-                        "DELETE FROM files WHERE (path = ? OR (path >= ? AND path < ?)) "
-                        f"AND {_NOT_SEEN}",
-                        (exact, low, high),
-                    ).rowcount
-            conn.execute("DELETE FROM temp.seen_paths")
+            if full:
+                # Every seen path now has a row (unchanged ones had one already), so when the
+                # table holds exactly as many rows as paths were seen, none has vanished.
+                total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+                if total == len({r.path for r in records}):
+                    log.debug("ledger_files_recorded", upserted=len(rows), deleted=0)
+                    return
+            deleted = self._forget_unseen(conn, records, None if full else scope)
         log.debug("ledger_files_recorded", upserted=len(rows), deleted=deleted)
+
+    def _forget_unseen(
+        self, conn: sqlite3.Connection, records: Iterable[FileRecord], scope: Sequence[str] | None
+    ) -> int:
+        """Delete the cached paths (under `scope`; None: all) that are not among `records`."""
+        conn.execute("DELETE FROM temp.seen_paths")
+        conn.executemany(
+            "INSERT OR IGNORE INTO temp.seen_paths(path) VALUES (?)",
+            ((_path_in(r.path),) for r in records),
+        )
+        deleted = 0
+        if scope is None:
+            deleted = conn.execute(f"DELETE FROM files WHERE {_NOT_SEEN}").rowcount
+        else:
+            for prefix in scope:
+                exact, low, high = _scope_bounds(prefix)
+                deleted += conn.execute(
+                    "DELETE FROM files WHERE (path = ? OR (path >= ? AND path < ?)) "
+                    f"AND {_NOT_SEEN}",
+                    (exact, low, high),
+                ).rowcount
+        conn.execute("DELETE FROM temp.seen_paths")
+        return deleted
 
     def file_errors(self) -> list[tuple[str, str]]:
         """(path, error) of every cached file that could not be read, sorted by path."""
@@ -356,8 +379,7 @@ class Ledger:
             params = [InputState(state).value for state in states]
             query += f" WHERE state IN ({', '.join('?' * len(params))})"
         with self._reading() as conn:
-            rows = conn.execute(query, params).fetchall()
-        return {row[0]: _input_out(row) for row in rows}
+            return {row[0]: _input_out(row) for row in conn.execute(query, params)}
 
     def input(self, input_id: str) -> InputRecord | None:
         """The input with this id, or None."""
@@ -682,6 +704,10 @@ def _input_row(r: InputRecord, now: float, attempt: bool) -> tuple[Any, ...]:
     )
 
 
+#: state text -> InputState; a dict lookup, because calling the enum costs ~5 us per row
+_STATES = {state.value: state for state in InputState}
+
+
 def _input_out(row: tuple[Any, ...]) -> InputRecord:
     input_id, path, state, sha, concepts, metadata, code, description, error = row
     labels = None
@@ -691,12 +717,12 @@ def _input_out(row: tuple[Any, ...]) -> InputRecord:
             metadata.decode("utf-8", "surrogatepass"),
         )
     return InputRecord(
-        input_id=input_id,
-        path=_path_out(path),
-        state=InputState(state),
-        sha256=sha,
-        labels=labels,
-        code=code,
-        description=description,
-        error=error,
+        input_id,
+        path.decode("utf-8", "surrogateescape"),
+        _STATES.get(state) or InputState(state),
+        sha,
+        labels,
+        code,
+        description,
+        error,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from syncd.model import (
@@ -51,13 +52,34 @@ def state_for_code(code: int | None) -> InputState:
     return InputState.FAILED
 
 
+def marker_only_metadata(source_name: str, path: str, sha256: str) -> str:
+    """`canonical_json({MARKER_KEY: Marker(source_name, marker_path(path), sha256).as_dict()})`,
+    byte for byte, spelled out directly.
+
+    It is built for every image of every pass and json.dumps(sort_keys=True) of the nested
+    dict costs several microseconds; this is the same text: keys in sorted order ("path" <
+    "sha256" < "source"), compact separators, and each string encoded by the very function
+    json.dumps uses with ensure_ascii=False. tests/test_perf_paths.py checks it against
+    canonical_json over odd paths.
+    """
+    return (
+        f'{{{_MARKER_KEY_JSON}:{{"path":{encode_basestring(marker_path(path))},'
+        f'"sha256":{encode_basestring(sha256)},"source":{encode_basestring(source_name)}}}}}'
+    )
+
+
+_MARKER_KEY_JSON = encode_basestring(MARKER_KEY)
+
+
 def desired_labels(image: LocalImage, source_name: str) -> Labels:
     """The labels an input should carry: the sidecar's, plus syncd's ownership marker."""
     assert image.labels is not None and image.sha256 is not None
-    marker = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
     if image.labels.metadata == "{}":
         # the common case, without a parse: the marker is the only key
-        return Labels(image.labels.concepts, canonical_json({MARKER_KEY: marker}))
+        return Labels(
+            image.labels.concepts, marker_only_metadata(source_name, image.path, image.sha256)
+        )
+    marker = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
     metadata = image.labels.metadata_dict()
     metadata[MARKER_KEY] = marker
     return Labels(image.labels.concepts, canonical_json(metadata))
@@ -77,14 +99,16 @@ def plan(
     held_paths = {img.path for img in local.images.values() if img.problem is not None}
 
     ops: list[Operation] = []
-    for input_id in sorted(wanted.keys() | beliefs.keys()):
-        image, belief = wanted.get(input_id), beliefs.get(input_id)
-        if image is not None:
-            op = _plan_present(image, belief, source_name)
-        elif belief is not None and input_id not in protected:
-            op = _plan_absent(belief, local, held_paths)
-        else:
-            op = None
+    # each id yields at most one operation and the list is sorted below, so the ids need no
+    # sorting here (at 100,000 files, sorting the union of both key sets costs ~0.1 s)
+    for input_id, image in wanted.items():
+        op = _plan_present(image, beliefs.get(input_id), source_name)
+        if op is not None:
+            ops.append(op)
+    for input_id, belief in beliefs.items():
+        if input_id in wanted or input_id in protected:
+            continue
+        op = _plan_absent(belief, local, held_paths)
         if op is not None:
             ops.append(op)
     order = {OpKind.ADD: 0, OpKind.PATCH: 1, OpKind.DELETE: 2}
@@ -122,6 +146,8 @@ def _plan_present(
         )
     if belief.state is InputState.FAILED:
         return None  # permanent for these bytes; a new version of the file retries
+    if belief.labels == want:
+        return None  # the no-op case, decided without building the diff
     remove, merge = diff_labels(belief.labels or Labels(), want)
     if remove is None and merge is None:
         return None
@@ -185,9 +211,7 @@ def diff_labels(remote: Labels, want: Labels) -> tuple[Labels | None, Labels | N
     have = dict(remote.concepts)
     target = dict(want.concepts)
     remove_concepts = tuple((cid, have[cid]) for cid in sorted(have.keys() - target.keys()))
-    merge_concepts = tuple(
-        (cid, value) for cid, value in want.concepts if have.get(cid) != value
-    )
+    merge_concepts = tuple((cid, value) for cid, value in want.concepts if have.get(cid) != value)
     if remote.metadata == want.metadata:
         remove_meta: dict[str, Any] = {}
         merge_meta: dict[str, Any] = {}
@@ -277,7 +301,7 @@ def fold_remote(
             report.drifted.append(item.input_id)
         state = state_for_code(item.status_code)
         keep_error = old is not None and old.state is state and old.sha256 == marker.sha256
-        folded[item.input_id] = InputRecord(
+        record = InputRecord(
             input_id=item.input_id,
             # the ledger's spelling keeps non-UTF-8 bytes that the marker had to escape
             path=old.path
@@ -290,6 +314,9 @@ def fold_remote(
             description=old.description if keep_error and old else None,
             error=old.error if keep_error and old else None,
         )
+        # an unchanged belief is kept as the very same object: the listing's copy is dropped,
+        # so a pass does not hold two equal records per input
+        folded[item.input_id] = old if record == old else record
     for input_id, old in beliefs.items():
         if input_id in seen:
             continue

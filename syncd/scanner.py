@@ -41,24 +41,36 @@ log = structlog.get_logger(__name__)
 DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.tif", "*.tiff", "*.bmp", "*.webp")
 DEFAULT_EXCLUDE = (".*", "*~", "*.tmp", "*.part", "*.crdownload", "*.swp")
 HASH_CHUNK = 1024 * 1024
+#: A file changed this recently may change again within the same timestamp: its stat proves
+#: nothing about its bytes (git's "racy" entries).
+RACY_WINDOW_NS = 2_000_000_000
 CHANGED = "changed while being read"
+#: The labels of an image without a sidecar or folder label (shared: most images have none).
+NO_LABELS = Labels()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KnownFile:
-    """What the ledger remembers of a path: its stat, its hash, and whether the hash is reusable."""
+    """What the ledger remembers of a path: its stat, its hash, and whether the hash is reusable.
+
+    `clean` is False when the cached row also carries an error (a label problem, say): then
+    the row must be written again even if the file is unchanged. Not part of equality.
+    """
 
     stat: FileStat
     sha256: str
     trusted: bool
+    clean: bool = field(default=True, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRecord:
     """What to write back to the ledger's file cache for one image file seen by this scan.
 
     `trusted` is False when the next scan must read the file again even if its stat is the
     same: it was modified within the racy window, changed while being read, or had a problem.
+    `unchanged` is True when the ledger's row is already exactly this (same stat, trusted hash
+    reused, no error then or now): the ledger may skip writing it. A hint, not part of equality.
     """
 
     path: str
@@ -66,6 +78,7 @@ class FileRecord:
     sha256: str | None
     trusted: bool
     error: str | None
+    unchanged: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,7 @@ def scan(
     known: Mapping[str, KnownFile],
     scope: Sequence[str] | None = None,
     now_ns: Callable[[], int] = time.time_ns,
-    racy_window_ns: int = 2_000_000_000,
+    racy_window_ns: int = RACY_WINDOW_NS,
     listdir: Callable[[str], Any] = os.scandir,
     stat: Callable[[str], Any] = os.stat,
     open_file: Callable[..., Any] = open,
@@ -135,7 +148,11 @@ def scan(
 
 
 class _Patterns:
-    """Glob patterns matched case-insensitively against one name (a path component)."""
+    """Glob patterns matched case-insensitively against one name (a path component).
+
+    One joined fnmatch regex: measured at ~0.15 us per name, cheaper than any shortcut
+    written in Python (suffix checks, per-tail caches).
+    """
 
     def __init__(self, patterns: Iterable[str]) -> None:
         joined = "|".join(fnmatch.translate(p) for p in patterns)
@@ -143,7 +160,10 @@ class _Patterns:
 
     def match(self, rel_path: str) -> bool:
         """Whether the last component of `rel_path` matches one of the patterns."""
-        name = posixpath.basename(rel_path)
+        return self.match_name(posixpath.basename(rel_path))
+
+    def match_name(self, name: str) -> bool:
+        """Whether the name (one path component) matches one of the patterns."""
         return self._regex is not None and self._regex.match(name) is not None
 
 
@@ -152,18 +172,22 @@ class _Listing:
     """One directory's entries, sorted into the kinds the scanner cares about."""
 
     dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (st_dev, st_ino)
-    images: set[str] = field(default_factory=set)
+    images: dict[str, str] = field(default_factory=dict)  # name -> path to stat (entry.path)
     sidecars: set[str] = field(default_factory=set)
 
     def index(self) -> dict[str, list[str]]:
         """Sidecar name -> the images (by name) that would look for it."""
         users: dict[str, list[str]] = defaultdict(list)
+        if not self.sidecars:
+            return users  # nothing can be looked up: skip computing every image's candidates
         for name in sorted(self.images):
             for candidate in sidecar_candidates(name):
                 users[candidate].append(name)
         return users
 
     def chosen(self, image: str) -> str | None:
+        if not self.sidecars:
+            return None
         return next((c for c in sidecar_candidates(image) if c in self.sidecars), None)
 
 
@@ -189,6 +213,7 @@ class _Scan:
         self.unscanned: set[str] = set()
         self.skipped: dict[str, str] = {}
         self.sidecars: dict[str, SidecarContent | SidecarError] = {}
+        self.folder_labels: dict[str, tuple[Labels | None, str | None]] = {}
         self.counts = {"files_seen": 0, "files_hashed": 0, "bytes_hashed": 0, "dirs": 0}
 
     # --- driving ------------------------------------------------------------------------
@@ -354,15 +379,15 @@ class _Scan:
 
     def _classify(self, rel_dir: str, entry: Any, listing: _Listing) -> None:
         name = entry.name
-        rel = _join(rel_dir, name)
-        if self.exclude.match(rel):
+        if self.exclude.match_name(name):
             return
-        interesting = is_sidecar_name(name) or self.include.match(rel)
+        sidecar = is_sidecar_name(name)
+        interesting = sidecar or self.include.match_name(name)
         is_link = False
         try:
             is_link = entry.is_symlink()
             if is_link and not self.follow:
-                log.debug("scan_symlink_not_followed", path=display_path(rel))
+                log.debug("scan_symlink_not_followed", path=display_path(_join(rel_dir, name)))
                 return
             if is_link:
                 mode = self.stat(entry.path).st_mode
@@ -373,17 +398,19 @@ class _Scan:
             else:
                 mode = 0
         except OSError as exc:
-            self._skip(rel, f"{'broken symlink' if is_link else 'cannot stat'}: {_reason(exc)}")
+            reason = f"{'broken symlink' if is_link else 'cannot stat'}: {_reason(exc)}"
+            self._skip(_join(rel_dir, name), reason)
             return
         if statmod.S_ISDIR(mode):
-            self._add_dir(rel, entry, listing)
+            self._add_dir(_join(rel_dir, name), entry, listing)
         elif not statmod.S_ISREG(mode):
             if interesting:
-                self._skip(rel, "not a regular file")
-        elif is_sidecar_name(name):
+                self._skip(_join(rel_dir, name), "not a regular file")
+        elif sidecar:
             listing.sidecars.add(name)
         elif interesting:
-            listing.images.add(name)
+            # entry.path is the same string as _abs(rel), already built by scandir
+            listing.images[name] = entry.path
 
     def _add_dir(self, rel: str, entry: Any, listing: _Listing) -> None:
         try:
@@ -405,10 +432,19 @@ class _Scan:
         related: set[str] = frozenset(),
     ) -> None:
         """Read the images of one listed directory (all, or `only` these) and judge sidecars."""
+        if not listing.sidecars:
+            # the common case (no sidecar in this folder): no lookups, nothing to judge
+            for name in sorted(listing.images if only is None else only):
+                self._image(_join(rel_dir, name), None, listing.images[name])
+            return
         chosen = {name: listing.chosen(name) for name in listing.images}
         for name in sorted(listing.images if only is None else only):
             sidecar = chosen[name]
-            self._image(_join(rel_dir, name), None if sidecar is None else _join(rel_dir, sidecar))
+            self._image(
+                _join(rel_dir, name),
+                None if sidecar is None else _join(rel_dir, sidecar),
+                listing.images[name],
+            )
         used = set(chosen.values())
         judge = listing.sidecars if only is None else listing.sidecars & _related(only, related)
         users = listing.index()
@@ -425,9 +461,10 @@ class _Scan:
 
     # --- one image --------------------------------------------------------------------------
 
-    def _image(self, rel: str, sidecar: str | None) -> None:
+    def _image(self, rel: str, sidecar: str | None, path: str) -> None:
+        """Stat (at `path`, the absolute spelling of `rel`), hash if needed, and label one image."""
         try:
-            st = self.stat(self._abs(rel))
+            st = self.stat(path)
         except FileNotFoundError:
             return  # removed since the listing: simply absent
         except OSError as exc:
@@ -439,11 +476,31 @@ class _Scan:
         if not statmod.S_ISREG(st.st_mode):
             return  # replaced by a directory or a special file since the listing
         self.counts["files_seen"] += 1
-        fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        sha256, file_problem, trusted, hashed = self._content(rel, fstat)
+        known = self.known.get(rel)
+        if (
+            known is not None
+            and known.trusted
+            and st.st_size <= self.max_file_bytes
+            and known.stat.size == st.st_size
+            and known.stat.mtime_ns == st.st_mtime_ns
+            and known.stat.ctime_ns == st.st_ctime_ns
+            and known.stat.inode == st.st_ino
+        ):
+            # unchanged: reuse the ledger's objects (FileStat, sha256 str) rather than holding
+            # an equal copy of each for every file of the tree
+            fstat = known.stat
+            sha256, file_problem, trusted, hashed = known.sha256, None, True, False
+        else:
+            known = None
+            fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            sha256, file_problem, trusted, hashed = self._content(rel, fstat)
         input_id, labels, label_problem = self._labels(rel, sidecar)
-        problem = "; ".join(p for p in (file_problem, label_problem) if p) or None
-        self.records[rel] = FileRecord(rel, fstat, sha256, trusted, problem)
+        if file_problem and label_problem:
+            problem: str | None = f"{file_problem}; {label_problem}"
+        else:
+            problem = file_problem or label_problem or None
+        unchanged = known is not None and known.clean and problem is None
+        self.records[rel] = FileRecord(rel, fstat, sha256, trusted, problem, unchanged)
         if problem is not None:
             log.warning("scan_image_problem", path=display_path(rel), problem=problem)
         self.images[rel] = LocalImage(
@@ -492,6 +549,8 @@ class _Scan:
 
     def _labels(self, rel: str, sidecar: str | None) -> tuple[str, Labels | None, str | None]:
         """(input id, Labels or None, problem) from the image's sidecar, if any."""
+        if sidecar is None:
+            return derive_input_id(self.source_name, rel), *self._folder_labels(rel)
         content = None
         if sidecar is not None:
             parsed = self._sidecar(sidecar)
@@ -507,6 +566,20 @@ class _Scan:
         except SidecarError as exc:
             return input_id, None, str(exc)
         return input_id, labels, None
+
+    def _folder_labels(self, rel: str) -> tuple[Labels | None, str | None]:
+        """(labels, problem) of an image without a sidecar: the same for a whole folder."""
+        if not self.labels_from_dirs:
+            return NO_LABELS, None
+        parent = posixpath.dirname(rel)
+        cached = self.folder_labels.get(parent)
+        if cached is None:
+            try:
+                cached = build_labels(None, parent_dir=parent, labels_from_dirs=True), None
+            except SidecarError as exc:
+                cached = None, str(exc)
+            self.folder_labels[parent] = cached
+        return cached
 
     def _sidecar(self, rel: str) -> SidecarContent | SidecarError:
         """Read (at most the size cap plus one byte) and parse a sidecar, once per scan."""
@@ -539,12 +612,13 @@ class _Scan:
 
     def _mark_id_conflicts(self) -> None:
         """Two images with the same input id are both held, each naming the other."""
-        by_id: dict[str, list[str]] = defaultdict(list)
+        first: dict[str, str] = {}
+        by_id: dict[str, list[str]] = {}  # only the ids used more than once
         for path, image in self.images.items():
-            by_id[image.input_id].append(path)
+            other = first.setdefault(image.input_id, path)
+            if other != path:
+                by_id.setdefault(image.input_id, [other]).append(path)
         for input_id, paths in by_id.items():
-            if len(paths) < 2:
-                continue
             for path in paths:
                 others = ", ".join(display_path(p) for p in sorted(paths) if p != path)
                 conflict = f"input id {input_id!r} is also used by {others}"

@@ -1,0 +1,116 @@
+"""Pins the shortcuts taken on the no-op pass to the slow, obvious spelling they replace."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from conftest import png_bytes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.api import ClarifaiApi
+from syncd.executor import Executor
+from syncd.ledger import Ledger
+from syncd.model import (
+    MARKER_KEY,
+    FileStat,
+    Labels,
+    Marker,
+    Operation,
+    OpKind,
+    canonical_json,
+    marker_path,
+)
+from syncd.planner import marker_only_metadata
+from syncd.scanner import FileRecord
+
+# Path-ish text: quotes, backslashes, control characters, non-BMP characters and surrogate
+# escapes (how os.fsdecode keeps bytes that are not UTF-8).
+ODD_CHARS = st.one_of(
+    st.sampled_from(['"', "\\", "/", "\n", "\x00", "\x7f", "é", "\u2028", "😀", " "]),
+    st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),  # surrogate escapes
+    st.characters(blacklist_categories=("Cs",)),
+)
+ODD_TEXT = st.text(ODD_CHARS, min_size=1, max_size=30)
+
+
+@given(path=ODD_TEXT, source=ODD_TEXT, sha=st.text(min_size=1, max_size=70))
+def test_marker_metadata_matches_canonical_json(path: str, source: str, sha: str) -> None:
+    """The hand-built marker metadata equals canonical_json of the marker dict for any text."""
+    slow = canonical_json({MARKER_KEY: Marker(source, marker_path(path), sha).as_dict()})
+    assert marker_only_metadata(source, path, sha) == slow
+
+
+def test_marker_metadata_examples() -> None:
+    """Quotes, backslashes and an undecodable byte are escaped exactly as json.dumps does."""
+    path = os.fsdecode(b'd/"q"\\b\xff.png')
+    assert marker_only_metadata("src", path, "ab") == (
+        '{"syncd":{"path":"d/\\"q\\"\\\\b\\\\xff.png","sha256":"ab","source":"src"}}'
+    )
+
+
+def test_unchanged_records_are_not_rewritten(tmp_path: Path) -> None:
+    """A record marked unchanged keeps its row as it was; vanished paths are still forgotten."""
+    times = iter([100.0, 200.0, 300.0])
+    with Ledger.open(tmp_path / "l.db", clock=lambda: next(times)) as ledger:
+        stat = FileStat(1, 2, 3, 4)
+        first = [FileRecord(p, stat, "a" * 64, True, None) for p in ("a.png", "b.png")]
+        ledger.record_files(first, scope=None)
+        again = [FileRecord("a.png", stat, "a" * 64, True, None, unchanged=True)]
+        ledger.record_files(again, scope=None)
+        with ledger._reading() as conn:
+            rows = conn.execute("SELECT path, seen_at FROM files").fetchall()
+        assert rows == [(b"a.png", 100.0)]
+
+
+# --- the executor proves bytes by stat when the scan's stat was settled ----------------------
+
+
+def _stat_of(path: Path) -> FileStat:
+    st = os.stat(path)
+    return FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _send(tmp_path: Path, url: str, key: str, op_sha: str, settled: dict[str, FileStat]) -> Any:
+    """Add one input for `a.png` through a real client and ledger; returns the outcome."""
+    labels = Labels((), marker_only_metadata("src", "a.png", op_sha))
+    op = Operation(OpKind.ADD, "id-a", "a.png", "new file", sha256=op_sha, labels=labels)
+    with (
+        Ledger.open(tmp_path / "ledger.db") as ledger,
+        ClarifaiApi(url, key, max_requests_per_second=None) as api,
+    ):
+        executor = Executor(api=api, ledger=ledger, root=tmp_path, source_name="src", workers=1)
+        executor.add([op], {"a.png": (tmp_path / "a.png").stat().st_size}, settled)
+        return executor.outcome
+
+
+def test_settled_file_is_sent_without_hashing(
+    tmp_path: Path, emulator_url: str, api_key: str
+) -> None:
+    """A file whose stat still equals the settled scanned stat is sent without a second hash."""
+    (tmp_path / "a.png").write_bytes(png_bytes(1))
+    stale_sha = "0" * 64  # a hash check would refuse the file: only the stat can let it through
+    outcome = _send(
+        tmp_path, emulator_url, api_key, stale_sha, {"a.png": _stat_of(tmp_path / "a.png")}
+    )
+    assert outcome.added == ["id-a"] and outcome.skipped == []
+
+
+def test_unsettled_or_changed_file_is_hashed(
+    tmp_path: Path, emulator_url: str, api_key: str
+) -> None:
+    """Without a settled stat, or when the stat moved since the scan, the hash decides."""
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes(1))
+    scanned = _stat_of(image)
+    assert _send(tmp_path, emulator_url, api_key, "0" * 64, {}).added == []
+    image.write_bytes(png_bytes(2))  # rewritten: new ctime (and size) since the "scan"
+    moved = _stat_of(image)
+    assert moved != scanned
+    outcome = _send(tmp_path, emulator_url, api_key, "0" * 64, {"a.png": scanned})
+    assert outcome.added == [] and outcome.skipped[0][0] == "a.png"
+    good_sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert _send(tmp_path, emulator_url, api_key, good_sha, {"a.png": scanned}).added == ["id-a"]
