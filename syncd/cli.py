@@ -17,8 +17,11 @@ import click
 import structlog
 
 from syncd.config import Config, load_config
+from syncd.emulator.cli import emulator_command
+from syncd.engine import PassOptions, open_engine
 from syncd.errors import SyncdError
 from syncd.logs import configure_logging
+from syncd.status import collect_status, render_status
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +37,13 @@ log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Override [log] level.",
 )
+set_option = click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set sync.batch_size=64 (repeatable).",
+)
 
 
 def _fail(exc: SyncdError) -> None:
@@ -41,11 +51,21 @@ def _fail(exc: SyncdError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _load(config_path: Path | None, log_level: str | None, **overrides: Any) -> Config:
-    flags = {key: value for key, value in overrides.items() if value is not None}
+def _overrides(settings: tuple[str, ...], log_level: str | None) -> dict[str, object]:
+    """Flags as dotted config keys: `--set sync.batch_size=64`, `--log-level debug`."""
+    flags: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        flags[key.strip()] = value
     if log_level:
         flags["log.level"] = log_level
-    config = load_config(config_path, overrides=flags)
+    return flags
+
+
+def _load(config_path: Path | None, settings: tuple[str, ...], log_level: str | None) -> Config:
+    config = load_config(config_path, overrides=_overrides(settings, log_level))
     configure_logging(config.log.level, config.log.format)
     return config
 
@@ -76,9 +96,11 @@ def main() -> None:
 @click.option("--no-wait", is_flag=True, help="Do not wait for remote processing to finish.")
 @click.option("--rebuild-ledger", is_flag=True,
               help="Move the ledger aside and rebuild it from the remote's ownership markers.")
+@set_option
 @log_level_option
 def reconcile(
     config_path: Path | None,
+    settings: tuple[str, ...],
     dry_run: bool,
     explain: bool,
     as_json: bool,
@@ -94,10 +116,8 @@ def reconcile(
     Example:
         syncd reconcile --config pets.toml --dry-run --explain
     """
-    from syncd.engine import PassOptions, open_engine
-
     with _errors_to_exit():
-        config = _load(config_path, log_level)
+        config = _load(config_path, settings, log_level)
         engine = open_engine(config, explain=explain, rebuild_ledger=rebuild_ledger)
         try:
             report = engine.sync_once(
@@ -133,6 +153,9 @@ def _print_report(report: Any, *, explain: bool) -> None:
         echo(f"failed   {path} ({input_id}): {why}")
     for path, why in report.orphan_sidecars:
         echo(f"orphan   {path}: {why}")
+    if report.drifted:
+        shown = ", ".join(report.drifted[:5]) + (" ..." if len(report.drifted) > 5 else "")
+        echo(f"drift    {len(report.drifted)} inputs edited remotely set back to local: {shown}")
     for message in report.errors:
         echo(f"error    {message}")
     if report.guard:
@@ -153,18 +176,23 @@ def _print_report(report: Any, *, explain: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
 @click.option("--remote/--no-remote", default=True,
               help="Also ask the remote for its inputs/status counts.")
+@set_option
 @log_level_option
-def status(config_path: Path | None, as_json: bool, remote: bool, log_level: str | None) -> None:
+def status(
+    config_path: Path | None,
+    settings: tuple[str, ...],
+    as_json: bool,
+    remote: bool,
+    log_level: str | None,
+) -> None:
     """Show counts by state, failures and held files, the last pass and remote counts.
 
     \b
     Example:
         syncd status --config pets.toml
     """
-    from syncd.status import collect_status, render_status
-
     with _errors_to_exit():
-        config = _load(config_path, log_level)
+        config = _load(config_path, settings, log_level)
         info = collect_status(config, remote=remote)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -172,10 +200,61 @@ def status(config_path: Path | None, as_json: bool, remote: bool, log_level: str
         click.echo(render_status(info))
 
 
-def _register_emulator() -> None:
-    from syncd.emulator.cli import emulator_command
+@main.command("run")
+@config_option
+@set_option
+@log_level_option
+def run(config_path: Path | None, settings: tuple[str, ...], log_level: str | None) -> None:
+    """Watch the folder and keep the remote in step until stopped.
 
-    main.add_command(emulator_command, "emulator")
+    Catches up with what changed while it was not running, then sends changes within seconds.
+    SIGTERM or SIGINT stop it cleanly (exit 0); SIGHUP re-reads the configuration. Under
+    systemd (Type=notify) it reports readiness, status and watchdog pings.
+
+    \b
+    Example:
+        syncd run --config /etc/syncd/pets.toml
+    """
+    # the daemon's imports (watchdog) are not paid by the one-shot commands
+    from syncd.daemon import run_daemon  # noqa: PLC0415
+
+    overrides = _overrides(settings, log_level)
+
+    def load() -> Config:
+        return load_config(config_path, overrides=overrides)
+
+    with _errors_to_exit():
+        config = load()
+        configure_logging(config.log.level, config.log.format)
+        code = run_daemon(config, reload_config=load)
+    sys.exit(code)
 
 
-_register_emulator()
+@main.command()
+@config_option
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@click.option("--remote/--no-remote", default=True, help="Also call the API (one read).")
+def doctor(
+    config_path: Path | None, settings: tuple[str, ...], as_json: bool, remote: bool
+) -> None:
+    """Check the configuration, key, API, folder, inotify limits and ledger; suggest fixes.
+
+    Exits 0 when nothing failed (warnings allowed), 1 otherwise.
+
+    \b
+    Example:
+        syncd doctor --config /etc/syncd/pets.toml
+    """
+    from syncd.doctor import exit_code, render, run_checks  # noqa: PLC0415 (lazy, as in `run`)
+
+    configure_logging("error", "auto")
+    checks = run_checks(config_path, overrides=_overrides(settings, None), remote=remote)
+    if as_json:
+        click.echo(json.dumps([c.as_dict() for c in checks], indent=2))
+    else:
+        click.echo(render(checks))
+    sys.exit(exit_code(checks))
+
+
+main.add_command(emulator_command, "emulator")

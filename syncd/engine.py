@@ -92,7 +92,7 @@ class SyncReport:
             return 3
         if self.guard:
             return 4
-        if self.errors or self.failed or self.held or self.pending:
+        if self.errors or self.failed or self.held or self.skipped or self.pending:
             return 1
         return 0
 
@@ -220,7 +220,13 @@ class Engine:
             if round_no:
                 ops = plan(snapshot, self.ledger.inputs(), source_name=cfg.source.name)
                 ops = [op for op in ops if op.kind is not OpKind.DELETE or op.replace]
+            vanished_before = len(executor.outcome.vanished)
             replaced = self._execute(executor, ops, beliefs, sizes, settled, report, options)
+            # inputs found gone while patching are added again in the next round, at once
+            vanished = len(executor.outcome.vanished) - vanished_before
+            if vanished and round_no + 1 < MAX_ROUNDS:
+                beliefs = self.ledger.inputs()
+                continue
             if not replaced or not options.wait:
                 break
             self.poll(deadline=self.clock() + cfg.sync.poll_timeout)

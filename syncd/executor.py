@@ -59,6 +59,7 @@ class Outcome:
     blocked: dict[str, str] = field(default_factory=dict)  # input id -> why (foreign owner)
     errors: list[str] = field(default_factory=list)  # request-level failures
     unreachable: bool = False  # one of them was the remote being down or throttling
+    vanished: list[str] = field(default_factory=list)  # patched inputs found gone remotely
     bytes_read: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -146,6 +147,16 @@ class Executor:
 
     def _adopt(self, op: Operation) -> None:
         """An add met an existing id: take it over if it is ours, else hold the file."""
+        if op.input_id in self.outcome.vanished:
+            # a PATCH just found it gone, yet its id is still taken: a delete made elsewhere is
+            # in progress. Adopting the dying input would leave the image without one.
+            self.ledger.drop_inputs([op.input_id])
+            self._skip(
+                op,
+                "the remote is still deleting an older input with this id; "
+                "it is added again on a later pass",
+            )
+            return
         found = self.api.get_input(op.input_id)
         if found is None:
             # gone meanwhile (a delete finishing): forget the intent, the next pass adds it
@@ -277,6 +288,7 @@ class Executor:
             if result.code in MISSING_CODES:
                 # gone remotely: forget it, so the next plan adds it again
                 self.ledger.drop_inputs([op.input_id])
+                self.outcome.record(lambda o, i=op.input_id: o.vanished.append(i))
                 log.warning("patch_target_missing", path=op.path, input_id=op.input_id)
             else:
                 reason = _reason(result)
@@ -326,7 +338,14 @@ class Executor:
                 )
             self._request_failed(send.__name__ if hasattr(send, "__name__") else "request", exc)
             return [(op, None) for op in ops]
-        if len(payload) > 1 and results and not any(r.ok for r in results):
+        # "duplicate ID" is a definitive per-input answer (the input exists: adopt it); any
+        # other failure of a whole batch may be collateral damage of one bad item
+        if (
+            len(payload) > 1
+            and results
+            and not any(r.ok for r in results)
+            and not all(r.duplicate for r in results)
+        ):
             mid = len(payload) // 2
             return self._send_splitting(send, payload[:mid], ops[:mid]) + (
                 self._send_splitting(send, payload[mid:], ops[mid:])

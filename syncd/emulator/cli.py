@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from syncd.emulator.server import serve_forever
-
 
 @click.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -79,6 +77,9 @@ def emulator_command(
         syncd emulator --port 0 --processing-delay 0.1 --throttle-rps 15
     """
     try:
+        # imported here so that `syncd reconcile` does not pay for the server's imports
+        from syncd.emulator.server import serve_forever  # noqa: PLC0415
+
         serve_forever(
             host=host,
             port=port,
