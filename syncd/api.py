@@ -417,6 +417,10 @@ class ClarifaiApi:
     def add_inputs(self, inputs: Sequence[dict[str, Any]]) -> list[ItemResult]:
         """POST up to 128 proto-JSON inputs; one ItemResult per input, in request order.
 
+        `data.image.base64` may be given as ASCII bytes (as `base64.b64encode` returns them):
+        they are spliced into the body as they are, never decoded, copied into a str or
+        scanned by the JSON encoder (see `encode_inputs`).
+
         A 10010 (mixed) or an all-failed 10020 answer with per-input statuses is returned, not
         raised. After a retried POST, inputs the server applied on an earlier attempt come back
         with duplicate=True; they are returned as they are for the caller to adopt.
@@ -426,7 +430,9 @@ class ClarifaiApi:
             return []
         if self._dataset_id:
             batch = [_with_dataset(x, self._dataset_id) for x in batch]
-        env = self._call("add", "POST", "/inputs", body={"inputs": batch}, accept={Verdict.ITEMS})
+        env = self._call(
+            "add", "POST", "/inputs", body=encode_inputs(batch), accept={Verdict.ITEMS}
+        )
         return _map_items(batch, env)
 
     def patch_inputs(
@@ -517,14 +523,17 @@ class ClarifaiApi:
         path: str,
         *,
         route: str | None = None,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | bytes | None = None,
         params: list[tuple[str, str]] | None = None,
         accept: frozenset[Verdict] | set[Verdict] = frozenset(),
     ) -> Envelope:
-        """Send one request with retries; return an OK (or accepted) answer or raise."""
+        """Send one request with retries; return an OK (or accepted) answer or raise.
+
+        `body` is JSON-encoded once (bytes are sent as they are) and the same bytes are sent
+        on every attempt."""
         url = self._base + self._prefix + path
         route = self._template + (route or path)
-        data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+        data = body if body is None or isinstance(body, bytes) else _dumps(body)
         own_not_before = float("-inf")
         for attempt in range(1, self._max_attempts + 1):
             self._wait_turn(own_not_before)
@@ -632,6 +641,50 @@ class ClarifaiApi:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def encode_inputs(batch: Sequence[dict[str, Any]]) -> bytes:
+    """`{"inputs": batch}` as compact JSON bytes, with `data.image.base64` bytes spliced in.
+
+    A 128-image batch of base64 is megabytes of text; handing it to `json.dumps` as str costs a
+    decode, a scan of every character for escapes and two copies, all while holding the GIL
+    that the other sender threads wait for. Base64 (bytes from `b64encode`) is ASCII without
+    quotes or backslashes, so it goes between two quotes as it is. Inputs whose base64 is a str
+    (or absent) are encoded by `json.dumps` as before; the parsed result is the same either way.
+    """
+    return b'{"inputs":[' + b",".join(_encode_input(x) for x in batch) + b"]}"
+
+
+def _encode_input(item: dict[str, Any]) -> bytes:
+    data = item.get("data")
+    image = data.get("image") if isinstance(data, dict) else None
+    raw = image.get("base64") if isinstance(image, dict) else None
+    if not isinstance(raw, bytes | bytearray):
+        return _dumps(item)
+    assert isinstance(data, dict) and isinstance(image, dict)
+    # {"data":{"image":{"base64":"<raw>",<image rest>},<data rest>},<item rest>}
+    return b"".join(
+        (
+            b'{"data":{"image":{"base64":"',
+            raw,
+            b'"',
+            _members({k: v for k, v in image.items() if k != "base64"}),
+            b"}",
+            _members({k: v for k, v in data.items() if k != "image"}),
+            b"}",
+            _members({k: v for k, v in item.items() if k != "data"}),
+            b"}",
+        )
+    )
+
+
+def _members(obj: dict[str, Any]) -> bytes:
+    """`,"k":v,...` for a non-empty dict (its JSON without the braces), b"" for an empty one."""
+    return b"," + _dumps(obj)[1:-1] if obj else b""
 
 
 def _checked_batch(inputs: Sequence[dict[str, Any]], what: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from syncd.emulator.cli import emulator_command
 from syncd.engine import PassOptions, open_engine
 from syncd.errors import SyncdError
 from syncd.logs import configure_logging
+from syncd.sidecar import display_path
 from syncd.status import collect_status, render_status
 
 log = structlog.get_logger(__name__)
@@ -137,8 +138,13 @@ def reconcile(
     sys.exit(report.exit_code)
 
 
+def _echo(line: str) -> None:
+    """One line of report: file names with newlines or non-UTF-8 bytes are shown escaped."""
+    click.echo(display_path(line))
+
+
 def _print_report(report: Any, *, explain: bool) -> None:
-    echo: Callable[[str], None] = lambda line: click.echo(line, err=False)  # noqa: E731
+    echo = _echo
     if explain:
         for row in report.explain:
             target = row.get("path") or row.get("input_id", "")
@@ -153,6 +159,8 @@ def _print_report(report: Any, *, explain: bool) -> None:
         echo(f"failed   {path} ({input_id}): {why}")
     for path, why in report.orphan_sidecars:
         echo(f"orphan   {path}: {why}")
+    for path, why in report.skipped:
+        echo(f"skipped  {path}: {why}")
     if report.drifted:
         shown = ", ".join(report.drifted[:5]) + (" ..." if len(report.drifted) > 5 else "")
         echo(f"drift    {len(report.drifted)} inputs edited remotely set back to local: {shown}")

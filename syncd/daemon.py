@@ -554,7 +554,9 @@ class Daemon:
         self.pending_remote = report.pending
         self.poll_interval = POLL_START
         self.next_poll = now + POLL_START
-        replaced = {op.path for op in report.planned if op.kind is OpKind.DELETE and op.replace}
+        replaced = {
+            op.path for op in report.planned if op.kind is OpKind.DELETE and op.replace
+        } | set(report.vanished)
         if job.scope is None:
             self.replacing.clear()
         self.replacing -= {op.path for op in report.planned if op.kind is OpKind.ADD}

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from syncd.api import ClarifaiApi
+from syncd.api import MAX_IDS_PER_LIST, ClarifaiApi, chunk_ids
 from syncd.config import Config, resolve_api_key
 from syncd.executor import Executor, Outcome
 from syncd.ledger import Ledger
@@ -35,7 +35,7 @@ from syncd.model import (
 )
 from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
 from syncd.remote import remote_input
-from syncd.scanner import RACY_WINDOW_NS, KnownFile, ScanResult, scan
+from syncd.scanner import RACY_WINDOW_NS, FileRecord, KnownFile, ScanResult, scan
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,7 @@ class SyncReport:
     guard: str | None = None
     errors: list[str] = field(default_factory=list)
     unreachable: bool = False  # an error was the remote being down: exit 3, not 1
+    vanished: list[str] = field(default_factory=list)  # paths whose input was deleted remotely
     explain: list[dict[str, str]] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)
     bytes_sent: int = 0
@@ -222,12 +223,10 @@ class Engine:
                 ops = [op for op in ops if op.kind is not OpKind.DELETE or op.replace]
             vanished_before = len(executor.outcome.vanished)
             replaced = self._execute(executor, ops, beliefs, sizes, settled, report, options)
-            # inputs found gone while patching are added again in the next round, at once
+            # replaced inputs, and inputs a PATCH found deleted by someone else, are added
+            # (again) once the remote confirms they are gone
             vanished = len(executor.outcome.vanished) - vanished_before
-            if vanished and round_no + 1 < MAX_ROUNDS:
-                beliefs = self.ledger.inputs()
-                continue
-            if not replaced or not options.wait:
+            if not (replaced or vanished) or not options.wait:
                 break
             self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
             beliefs = self.ledger.inputs()
@@ -281,8 +280,12 @@ class Engine:
         report.orphan_sidecars = sorted(result.snapshot.orphan_sidecars.items())
         if self.explain:
             report.explain.extend(_explain_hashing(known, result))
+        # symlink loops, broken links, folders that cannot be listed: shown, and kept in the
+        # ledger's file table (with no stat) so that `syncd status` shows them too
+        report.skipped.extend(sorted(result.skipped.items()))
         if not options.dry_run:
-            self.ledger.record_files(result.files, scope=options.scope)
+            skipped = [FileRecord(p, None, None, False, why) for p, why in result.skipped.items()]
+            self.ledger.record_files([*result.files, *skipped], scope=options.scope)
         return result.snapshot
 
     def list_remote(
@@ -315,15 +318,21 @@ class Engine:
     def poll(self, *, deadline: float) -> int:
         """Poll pending and deleting inputs until all settle or `deadline`; returns how many
         are still unsettled. One list request per page of ids, never one per input."""
+        with ThreadPoolExecutor(self.config.sync.workers, thread_name_prefix="syncd-poll") as pool:
+            return self._poll(deadline, pool)
+
+    def _poll(self, deadline: float, pool: ThreadPoolExecutor) -> int:
         interval = 0.05
+        # in ledger order, which is the order the intents were written: the oldest inputs
+        # (the likeliest to be done) are asked for first, the last batch added last
         waiting = self.ledger.inputs((InputState.PENDING, InputState.DELETING))
         while waiting:
-            # only the status of each listed input is kept: holding the records themselves
-            # (raw JSON with metadata) for every pending input would dominate peak memory
-            present = {
-                r.input_id: (r.status_code, r.status_description)
-                for r in self.api.list_inputs(ids=sorted(waiting))
-            }
+            # one request per page of ids, `workers` of them at a time; only the status of
+            # each listed input is kept: holding the records themselves (raw JSON with
+            # metadata) for every pending input would dominate peak memory
+            present: dict[str, tuple[int | None, str]] = {}
+            for page in pool.map(self._statuses, chunk_ids(list(waiting), MAX_IDS_PER_LIST)):
+                present.update(page)
             updates: list[InputRecord] = []
             gone: list[str] = []
             for input_id, belief in list(waiting.items()):
@@ -365,6 +374,12 @@ class Engine:
             self.sleep(min(interval, max(0.0, deadline - self.clock())))
             interval = min(interval * 1.5, 2.0)
         return len(waiting)
+
+    def _statuses(self, ids: list[str]) -> dict[str, tuple[int | None, str]]:
+        """(status code, description) of those of `ids` the remote lists."""
+        return {
+            r.input_id: (r.status_code, r.status_description) for r in self.api.list_inputs(ids=ids)
+        }
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -464,7 +479,8 @@ class Engine:
         report.relabeled = len(outcome.relabeled)
         report.deleted = len(outcome.deleted) - report.replaced
         report.failed = list(outcome.failed)
-        report.skipped = list(outcome.skipped)
+        report.skipped.extend(outcome.skipped)
+        report.vanished = list(outcome.vanished)
         report.errors = list(outcome.errors)
         report.unreachable = outcome.unreachable
         report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())

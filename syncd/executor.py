@@ -59,7 +59,7 @@ class Outcome:
     blocked: dict[str, str] = field(default_factory=dict)  # input id -> why (foreign owner)
     errors: list[str] = field(default_factory=list)  # request-level failures
     unreachable: bool = False  # one of them was the remote being down or throttling
-    vanished: list[str] = field(default_factory=list)  # patched inputs found gone remotely
+    vanished: list[str] = field(default_factory=list)  # paths whose input a PATCH found gone
     bytes_read: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -99,10 +99,52 @@ class Executor:
         evidence the stat cache trusts); any other file is hashed to prove its bytes.
         """
         self._settled = settled or {}
-        groups = list(batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0)))
-        self._run_parallel(self._add_batch, groups)
+        groups = batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
+        if self.workers <= 1:
+            for group in groups:
+                prepared = self._prepare_adds(group)
+                if prepared is not None:
+                    self._send_adds(*prepared)
+            return
+        self._pipeline(groups)
 
-    def _add_batch(self, ops: list[Operation]) -> None:
+    def _pipeline(self, groups: Iterable[list[Operation]]) -> None:
+        """Prepare batches on this thread and send them on `workers` threads.
+
+        Reading, encoding and the intent of batch N+1 happen here while up to `workers`
+        batches are in flight, so a freed sender starts at once. One thread reads every file:
+        several threads doing small reads mostly trade the GIL back and forth (measured: 10,000
+        files of 2-20 KB read in 0.2 s by one thread, 1.1 s by four). At most `workers` + 1
+        prepared batches are in memory. An exception in a sender (an AuthError) stops the
+        preparing; the batches already submitted finish, then it is raised.
+        """
+        slots = threading.Semaphore(self.workers)
+        errors: list[BaseException] = []
+
+        def finished(fut: Future[None]) -> None:
+            error = None if fut.cancelled() else fut.exception()
+            if error is not None:
+                errors.append(error)
+            slots.release()
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="syncd-send") as pool:
+            for group in groups:
+                prepared = self._prepare_adds(group)
+                if prepared is None:
+                    continue
+                slots.acquire()
+                if errors:
+                    break
+                pool.submit(self._send_adds, *prepared).add_done_callback(finished)
+                del prepared  # the sender holds the encoded batch now
+        if errors:
+            raise errors[0]
+
+    def _prepare_adds(
+        self, ops: list[Operation]
+    ) -> tuple[list[dict[str, Any]], list[Operation]] | None:
+        """Read and encode the files of one batch and record the intent (`adding`) of those
+        that can be sent; None when none can."""
         payload: list[dict[str, Any]] = []
         sendable: list[Operation] = []
         for op in ops:
@@ -112,9 +154,14 @@ class Executor:
             payload.append(self._input_json(op, image))
             sendable.append(op)
         if not sendable:
-            return
+            return None
         self.ledger.put_inputs(_intent(op, InputState.ADDING) for op in sendable)
+        return payload, sendable
+
+    def _send_adds(self, payload: list[dict[str, Any]], sendable: list[Operation]) -> None:
+        """Send one prepared batch and record each input's outcome."""
         results = self._send_splitting(self.api.add_inputs, payload, sendable)
+        payload.clear()  # the encoded images are not needed while the outcome is recorded
         records: list[InputRecord] = []
         duplicates: list[Operation] = []
         for op, result in results:
@@ -147,7 +194,7 @@ class Executor:
 
     def _adopt(self, op: Operation) -> None:
         """An add met an existing id: take it over if it is ours, else hold the file."""
-        if op.input_id in self.outcome.vanished:
+        if op.path in self.outcome.vanished:
             # a PATCH just found it gone, yet its id is still taken: a delete made elsewhere is
             # in progress. Adopting the dying input would leave the image without one.
             self.ledger.drop_inputs([op.input_id])
@@ -195,19 +242,28 @@ class Executor:
                 + urllib.parse.quote(op.path.encode("utf-8", "surrogateescape"))
             )
             return {"url": url, "allow_duplicate_url": True}
-        path = self.root / op.path
         try:
-            with open(path, "rb") as f:
-                data = f.read(self.max_file_bytes + 1)
-                after = os.fstat(f.fileno())  # after the read: a write meanwhile moves ctime
+            fd = os.open(os.path.join(self.root, op.path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             self._skip(op, f"unreadable: {exc.strerror or exc}")
             return None
-        if len(data) > self.max_file_bytes or not self._same_bytes(op, data, after):
+        try:
+            size = os.fstat(fd).st_size
+            # one byte past the size (capped) shows growth; read(max_file_bytes + 1) would
+            # allocate a 20 MB buffer per file, which dominated the read of small files
+            data = os.read(fd, min(size, self.max_file_bytes) + 1)
+            after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
+        except OSError as exc:
+            self._skip(op, f"unreadable: {exc.strerror or exc}")
+            return None
+        finally:
+            os.close(fd)
+        if len(data) > min(size, self.max_file_bytes) or not self._same_bytes(op, data, after):
             self._skip(op, "changed since it was scanned; it goes out on the next pass")
             return None
         self.outcome.record(lambda o: setattr(o, "bytes_read", o.bytes_read + len(data)))
-        return {"base64": base64.b64encode(data).decode("ascii")}
+        # bytes, not str: the client splices them into the body without another copy or scan
+        return {"base64": base64.b64encode(data)}
 
     def _same_bytes(self, op: Operation, data: bytes, after: os.stat_result) -> bool:
         """Whether `data` are the bytes scanned (and hashed) for `op`: proven by an unchanged
@@ -251,7 +307,9 @@ class Executor:
         for action, group in (("remove", removes), ("merge", merges)):
             todo = [op for op in group if op.input_id not in failed]
             chunks = list(batches(todo, size=self.batch_size))
-            self._run_parallel(lambda chunk, a=action: self._patch_batch(chunk, a, failed), chunks)
+            self._run_parallel(
+                lambda chunk, a=action: self._patch_batch(chunk, a, failed, beliefs), chunks
+            )
         done = [op for op in ops if op.input_id not in failed]
         self.ledger.put_inputs(
             dataclasses.replace(beliefs[op.input_id], path=op.path, labels=op.labels, error=None)
@@ -259,7 +317,13 @@ class Executor:
         )
         self.outcome.record(lambda o: o.relabeled.extend(op.input_id for op in done))
 
-    def _patch_batch(self, ops: list[Operation], action: str, failed: set[str]) -> None:
+    def _patch_batch(
+        self,
+        ops: list[Operation],
+        action: str,
+        failed: set[str],
+        beliefs: Mapping[str, InputRecord],
+    ) -> None:
         payload = []
         for op in ops:
             body = op.remove if action == "remove" else op.merge
@@ -286,9 +350,12 @@ class Executor:
             if result is None:
                 continue
             if result.code in MISSING_CODES:
-                # gone remotely: forget it, so the next plan adds it again
-                self.ledger.drop_inputs([op.input_id])
-                self.outcome.record(lambda o, i=op.input_id: o.vanished.append(i))
+                # gone, or going: someone deleted it. Its id may stay taken until the delete
+                # completes, so wait for that (as after a replacement delete), then add again
+                self.ledger.put_inputs(
+                    [dataclasses.replace(beliefs[op.input_id], state=InputState.DELETING)]
+                )
+                self.outcome.record(lambda o, op=op: o.vanished.append(op.path))
                 log.warning("patch_target_missing", path=op.path, input_id=op.input_id)
             else:
                 reason = _reason(result)

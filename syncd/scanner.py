@@ -345,8 +345,7 @@ class _Scan:
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as exc:
-                self.unscanned.add(prefix)
-                log.warning("scan_dir_unreadable", path=display_path(prefix), error=_reason(exc))
+                self._unreadable_dir(prefix, exc)
                 return None
             if not statmod.S_ISDIR(st.st_mode):
                 return None
@@ -368,8 +367,7 @@ class _Scan:
         except (FileNotFoundError, NotADirectoryError):
             return None  # gone since its parent was listed: nothing of it exists any more
         except OSError as exc:
-            self.unscanned.add(rel_dir)
-            log.warning("scan_dir_unreadable", path=display_path(rel_dir), error=_reason(exc))
+            self._unreadable_dir(rel_dir, exc)
             return None
         self.counts["dirs"] += 1
         listing = _Listing()
@@ -418,8 +416,7 @@ class _Scan:
         except FileNotFoundError:
             return
         except OSError as exc:
-            self.unscanned.add(rel)
-            log.warning("scan_dir_unreadable", path=display_path(rel), error=_reason(exc))
+            self._unreadable_dir(rel, exc)
             return
         listing.dirs[entry.name] = (st.st_dev, st.st_ino)
 
@@ -626,6 +623,13 @@ class _Scan:
                 problem = f"{image.problem}; {conflict}" if image.problem else conflict
                 self.images[path] = replace(image, problem=problem)
                 log.warning("scan_input_id_conflict", path=display_path(path), problem=conflict)
+
+    def _unreadable_dir(self, rel: str, exc: OSError) -> None:
+        """A folder that cannot be listed: nothing under it is judged missing, and it is
+        reported (as skipped) with the reason."""
+        self.unscanned.add(rel)
+        self.skipped[rel or "."] = f"cannot read folder: {_reason(exc)}"
+        log.warning("scan_dir_unreadable", path=display_path(rel), error=_reason(exc))
 
     def _skip(self, rel: str, reason: str) -> None:
         self.skipped[rel] = reason

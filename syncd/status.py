@@ -14,6 +14,7 @@ from syncd.config import Config, resolve_api_key
 from syncd.errors import ApiError, ConfigError
 from syncd.ledger import Ledger
 from syncd.logs import register_secret
+from syncd.sidecar import display_path
 
 
 def collect_status(config: Config, *, remote: bool = True) -> dict[str, Any]:
@@ -105,4 +106,5 @@ def render_status(info: dict[str, Any]) -> str:
             lines.append(f"remote: unavailable ({counts['error']})")
         else:
             lines.append("remote: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return "\n".join(lines)
+    # file names with newlines or non-UTF-8 bytes are shown escaped, one entry per line
+    return "\n".join(display_path(line) for line in lines)

@@ -9,10 +9,12 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from helpers import Site, Traffic, make_site, restored_logging
 from proto import ProtoRecorder
 
 from syncd.emulator import DEFAULT_API_KEY, Emulator, ManualClock
@@ -171,3 +173,33 @@ def make_png() -> Callable[..., bytes]:
 def make_input() -> Callable[..., dict[str, Any]]:
     """image_input(id, bytes, **data_fields): one POST item with base64 image bytes."""
     return image_input
+
+
+# --- end-to-end fixtures shared by the engine, CLI, bench-guard and reliability tests ---------
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI configures logging globally; put it back after each test."""
+    with restored_logging():
+        yield
+
+
+@pytest.fixture
+def traffic(proto_recorder: ProtoRecorder) -> Traffic:
+    """Every request body the emulator accepted, in order (and protobuf-checked)."""
+    return Traffic(proto_recorder)
+
+
+@pytest.fixture
+def emu(make_emulator: Callable[..., Emulator], traffic: Traffic) -> Iterator[Emulator]:
+    """An emulator with fast processing and deletes; afterwards, every request it accepted
+    is checked to have stayed within the API's limits."""
+    yield make_emulator(validator=traffic, processing_delay=0.05, delete_delay=0.05)
+    traffic.assert_within_limits()
+
+
+@pytest.fixture
+def site(tmp_path: Path, emu: Emulator) -> Site:
+    """A dataset folder, its config and ledger paths, pointed at `emu`."""
+    return make_site(tmp_path, emu)

@@ -11,12 +11,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Site, Traffic, make_site, restored_logging, run_cli, sync_pass
-from proto import ProtoRecorder
+from helpers import Site, Traffic, make_site, run_cli, sync_pass
 
 from syncd.emulator import Emulator
 from syncd.sample import make_flat_tree
@@ -27,22 +25,6 @@ from harness import count, percentile
 IMAGES = 300
 BATCH = 128
 RACY_WINDOW = 2.0  # seconds: the scanner re-reads files changed this recently
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    with restored_logging():
-        yield
-
-
-@pytest.fixture
-def traffic(proto_recorder: ProtoRecorder) -> Traffic:
-    return Traffic(proto_recorder)
-
-
-@pytest.fixture
-def emu(make_emulator: Callable[..., Emulator], traffic: Traffic) -> Emulator:
-    return make_emulator(processing_delay=0.05, delete_delay=0.05, validator=traffic)
 
 
 @pytest.fixture

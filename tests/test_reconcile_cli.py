@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from helpers import (
     make_site,
     remote_inputs,
     requests_by_method,
-    restored_logging,
     run_cli,
     run_syncd,
     wait_until,
@@ -34,7 +32,6 @@ from helpers import (
     write_requests,
     write_sidecar,
 )
-from proto import ProtoRecorder
 
 from syncd.emulator import Emulator
 from syncd.ledger import Ledger
@@ -52,28 +49,6 @@ SUMMARY_FIELDS = (
     "requests",
     "seconds",
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging globally; put it back after each test."""
-    with restored_logging():
-        yield
-
-
-@pytest.fixture
-def traffic(proto_recorder: ProtoRecorder) -> Traffic:
-    return Traffic(proto_recorder)
-
-
-@pytest.fixture
-def emu(make_emulator: Callable[..., Emulator], traffic: Traffic) -> Emulator:
-    return make_emulator(processing_delay=0.05, delete_delay=0.05, validator=traffic)
-
-
-@pytest.fixture
-def site(tmp_path: Path, emu: Emulator) -> Site:
-    return make_site(tmp_path, emu)
 
 
 def reconcile(site: Site, *flags: str, env: dict[str, Any] | None = None) -> Result:

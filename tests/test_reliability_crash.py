@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import KEY_ENV, restored_logging, run_cli, site_config
+from helpers import KEY_ENV, run_cli, site_config
 from invariants import (
     SOAK,
     KillSwitch,
@@ -41,13 +41,6 @@ SOURCE = "pets"
 BATCH = 32
 WORKERS = 2
 RUN_TIMEOUT = 120.0
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging globally; put it back after each test."""
-    with restored_logging():
-        yield
 
 
 @pytest.fixture

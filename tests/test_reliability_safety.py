@@ -12,7 +12,7 @@ import os
 import signal
 import sqlite3
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from helpers import (
     api_call,
     b64,
     make_site,
-    restored_logging,
     run_cli,
     run_syncd,
     write_config,
@@ -45,13 +44,6 @@ from syncd.sample import png_bytes
 N = 30
 SECRET = "sk-SECRETSECRET-1234"
 OTHER = "sk-OTHERSECRET-5678"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging globally; put it back after each test."""
-    with restored_logging():
-        yield
 
 
 class Writes:

@@ -9,25 +9,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import Result
 from helpers import (
     KEY_ENV,
     REPO,
     Site,
-    Traffic,
     api_call,
-    make_site,
-    restored_logging,
     run_cli,
     run_syncd,
     write_sidecar,
 )
-from proto import ProtoRecorder
 
 from syncd.emulator import Emulator
 
@@ -40,28 +33,6 @@ print("locked", flush=True)
 sys.stdin.read()
 ledger.close()
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging globally; put it back after each test."""
-    with restored_logging():
-        yield
-
-
-@pytest.fixture
-def traffic(proto_recorder: ProtoRecorder) -> Traffic:
-    return Traffic(proto_recorder)
-
-
-@pytest.fixture
-def emu(make_emulator: Callable[..., Emulator], traffic: Traffic) -> Emulator:
-    return make_emulator(processing_delay=0.05, delete_delay=0.05, validator=traffic)
-
-
-@pytest.fixture
-def site(tmp_path: Path, emu: Emulator) -> Site:
-    return make_site(tmp_path, emu)
 
 
 def status(site: Site, *flags: str, env: dict[str, Any] | None = None) -> Result:
