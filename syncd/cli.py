@@ -21,6 +21,7 @@ from syncd.emulator.cli import emulator_command
 from syncd.engine import PassOptions, open_engine
 from syncd.errors import SyncdError
 from syncd.logs import configure_logging
+from syncd.progress import NoProgress, progress_for
 from syncd.sidecar import display_path
 from syncd.status import collect_status, render_status
 
@@ -90,13 +91,23 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Send no write request; leave the ledger as is.")
 @click.option("--explain", is_flag=True, help="Say per path why it is hashed, sent or held.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--local", "local_only", is_flag=True,
-              help="Compare the folder with the ledger only; do not list the remote.")
-@click.option("--allow-mass-delete", is_flag=True,
-              help="Let this pass delete more than sync.max_delete / max_delete_fraction.")
+@click.option(
+    "--local",
+    "local_only",
+    is_flag=True,
+    help="Compare the folder with the ledger only; do not list the remote.",
+)
+@click.option(
+    "--allow-mass-delete",
+    is_flag=True,
+    help="Let this pass delete more than sync.max_delete / max_delete_fraction.",
+)
 @click.option("--no-wait", is_flag=True, help="Do not wait for remote processing to finish.")
-@click.option("--rebuild-ledger", is_flag=True,
-              help="Move the ledger aside and rebuild it from the remote's ownership markers.")
+@click.option(
+    "--rebuild-ledger",
+    is_flag=True,
+    help="Move the ledger aside and rebuild it from the remote's ownership markers.",
+)
 @set_option
 @log_level_option
 def reconcile(
@@ -119,7 +130,12 @@ def reconcile(
     """
     with _errors_to_exit():
         config = _load(config_path, settings, log_level)
-        engine = open_engine(config, explain=explain, rebuild_ledger=rebuild_ledger)
+        engine = open_engine(
+            config,
+            explain=explain,
+            rebuild_ledger=rebuild_ledger,
+            progress=NoProgress() if as_json else progress_for(),
+        )
         try:
             report = engine.sync_once(
                 PassOptions(
@@ -182,8 +198,9 @@ def _print_report(report: Any, *, explain: bool) -> None:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
-@click.option("--remote/--no-remote", default=True,
-              help="Also ask the remote for its inputs/status counts.")
+@click.option(
+    "--remote/--no-remote", default=True, help="Also ask the remote for its inputs/status counts."
+)
 @set_option
 @log_level_option
 def status(

@@ -34,6 +34,7 @@ from syncd.model import (
     RemoteInput,
 )
 from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
+from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
 from syncd.scanner import RACY_WINDOW_NS, FileRecord, KnownFile, ScanResult, scan
 
@@ -125,6 +126,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         explain: bool = False,
+        progress: Progress | NoProgress | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -132,6 +134,7 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self.explain = explain
+        self.progress = progress or NoProgress()
         self._scan_started_ns = 0
 
     def close(self) -> None:
@@ -152,6 +155,7 @@ class Engine:
             with _fewer_gc_passes():
                 self._run(options, report)
         finally:
+            self.progress.close()
             report.seconds = round(self.clock() - started, 3)
             report.requests, report.bytes_sent = self._api_delta(sent_before)
             if pass_id is not None:
@@ -165,6 +169,11 @@ class Engine:
         cfg = self.config
         beliefs = self.ledger.inputs()
         blocked = self._blocked()
+        self.progress.stage(
+            "scan",
+            "reading the folder, hashing new and changed files"
+            + ("" if options.local_only else ", listing the remote"),
+        )
         with _Listing(self, beliefs, blocked, enabled=not options.local_only) as listing:
             # the remote listing (waiting on the server) runs while the tree is scanned
             snapshot = self._scan_and_record(options, report)
@@ -217,6 +226,16 @@ class Engine:
             for img in snapshot.images.values()
             if img.sha256 is not None and max(img.stat.mtime_ns, img.stat.ctime_ns) < racy_from
         }
+        outcome = executor.outcome
+        total = len(ops)
+        self.progress.stage(
+            "upload",
+            lambda: (
+                f"{len(outcome.added) + len(outcome.adopted)} added, "
+                f"{len(outcome.relabeled)} relabeled, {len(outcome.deleted)} deleted "
+                f"of {total} operations"
+            ),
+        )
         for round_no in range(MAX_ROUNDS):
             if round_no:
                 ops = plan(snapshot, self.ledger.inputs(), source_name=cfg.source.name)
@@ -326,6 +345,7 @@ class Engine:
         # in ledger order, which is the order the intents were written: the oldest inputs
         # (the likeliest to be done) are asked for first, the last batch added last
         waiting = self.ledger.inputs((InputState.PENDING, InputState.DELETING))
+        self.progress.stage("processing", lambda: f"{len(waiting)} inputs still processing")
         while waiting:
             # one request per page of ids, `workers` of them at a time; only the status of
             # each listed input is kept: holding the records themselves (raw JSON with
@@ -540,7 +560,13 @@ class _Listing:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def open_engine(config: Config, *, explain: bool = False, rebuild_ledger: bool = False) -> Engine:
+def open_engine(
+    config: Config,
+    *,
+    explain: bool = False,
+    rebuild_ledger: bool = False,
+    progress: Progress | NoProgress | None = None,
+) -> Engine:
     """Credentials, ledger and API client for one process; the caller closes the ledger."""
     key = resolve_api_key(config)
     register_secret(key.value)
@@ -568,7 +594,7 @@ def open_engine(config: Config, *, explain: bool = False, rebuild_ledger: bool =
     except BaseException:
         ledger.close()
         raise
-    return Engine(config, ledger, api, explain=explain)
+    return Engine(config, ledger, api, explain=explain, progress=progress)
 
 
 def remote_identity(config: Config) -> str:
