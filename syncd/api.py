@@ -218,9 +218,19 @@ def classify(env: Envelope) -> Verdict:
     return Verdict.REJECTED
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))] for attempt 1, 2, ..."""
-    return rng.uniform(0.0, min(cap, base * 2.0 ** max(0, attempt - 1)))
+def backoff_delay(
+    attempt: int, base: float, cap: float, rng: random.Random, *, floor: float = 0.0
+) -> float:
+    """Jittered exponential backoff: uniform over [floor * d, d], d = min(cap, base * 2**(n-1))
+    for attempt n = 1, 2, ...; floor 0 is "full jitter", 0.5 "equal jitter"."""
+    top = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return rng.uniform(floor * top, top)
+
+
+#: Against a rate limit, full jitter can retry too soon again and again: the sum of the waits
+#: would have no lower bound, so a retry budget might run out inside one window. Throttled
+#: retries wait at least half of each step ("equal jitter"), so `max_attempts` waits add up.
+THROTTLED_BACKOFF_FLOOR = 0.5
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -574,11 +584,12 @@ class ClarifaiApi:
                 raise self._fill(
                     cls(f"{method} {route} failed after {attempt} attempts: {reason}"), env
                 )
+            throttled = verdict is Verdict.THROTTLED
             delay = retry_after
             if delay is None:
+                floor = THROTTLED_BACKOFF_FLOOR if throttled else 0.0
                 with self._lock:
-                    delay = backoff_delay(attempt, *self._backoff, self._rng)
-            throttled = verdict is Verdict.THROTTLED
+                    delay = backoff_delay(attempt, *self._backoff, self._rng, floor=floor)
             self.stats.record_retry(throttled=throttled)
             own_not_before = self._clock() + delay
             if throttled:

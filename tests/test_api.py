@@ -22,6 +22,7 @@ import structlog.testing
 
 from syncd.api import (
     RATE_HEADROOM,
+    THROTTLED_BACKOFF_FLOOR,
     ApiStats,
     ClarifaiApi,
     Envelope,
@@ -192,6 +193,16 @@ def test_backoff_schedule_doubles_to_the_cap_with_full_jitter() -> None:
         draws = [backoff_delay(n, 0.5, 30.0, rng) for _ in range(50)]
         assert all(0.0 <= d <= tops[n - 1] for d in draws)
         assert max(draws) - min(draws) > 0.1 * tops[n - 1]  # jittered, not constant
+
+
+def test_throttled_backoff_waits_at_least_half_of_each_step() -> None:
+    """With the throttling floor, every draw is in [d/2, d], so the waits of N attempts add
+    up to at least half the schedule: a retry budget cannot run out inside one rate window."""
+    rng = random.Random(3)
+    for n in range(1, 10):
+        top = min(30.0, 0.5 * 2.0 ** (n - 1))
+        draws = [backoff_delay(n, 0.5, 30.0, rng, floor=THROTTLED_BACKOFF_FLOOR) for _ in range(50)]
+        assert all(top / 2 <= d <= top for d in draws)
 
 
 def test_parse_retry_after_seconds_and_http_dates() -> None:
@@ -722,7 +733,9 @@ def test_throttle_storm_without_retry_after_backs_off_and_gives_up(emulator: Any
 
 
 def test_real_threads_survive_a_throttling_server(emulator: Any) -> None:
-    """Four threads sharing one client finish 24 calls against a 20 req/s server limit."""
+    """Four threads sharing one client finish 24 calls against a 20 req/s server limit: the
+    throttled waits (at least half of each backoff step) outlast the server's 1 s window well
+    within the retry budget (12 attempts wait >= 1.075 s), whatever the jitter draws."""
     emulator.set_faults(throttle_rps=20)
     api = api_for(emulator, workers=4, backoff_base=0.05, backoff_cap=0.2, max_attempts=12)
     errors: list[BaseException] = []
