@@ -58,7 +58,10 @@ class PassOptions:
 
 @dataclass
 class SyncReport:
-    """Everything one pass did, for the summary line, `--json` and exit codes."""
+    """Everything one pass did, for the summary line, `--json` and exit codes.
+
+    `planned` keeps each operation's kind, id, path, reason and hash, not its labels.
+    """
 
     dry_run: bool = False
     local_only: bool = False
@@ -154,6 +157,9 @@ class Engine:
         try:
             with _fewer_gc_passes():
                 self._run(options, report)
+            # what the report shows of an operation (kind, id, path, reason), without the
+            # labels: at 100,000 adds they are ~25 MB held only for the summary and --json
+            report.planned = [_without_labels(op) for op in report.planned]
         finally:
             self.progress.close()
             report.seconds = round(self.clock() - started, 3)
@@ -167,7 +173,10 @@ class Engine:
 
     def _run(self, options: PassOptions, report: SyncReport) -> None:
         cfg = self.config
-        beliefs = self.ledger.inputs()
+        # a full pass folds the listing into the beliefs while the tree is scanned, so it needs
+        # them now; a local pass loads them after the scan, once the stat cache is let go (the
+        # scan writes only the file table: they are the same rows either way)
+        beliefs = {} if options.local_only else self.ledger.inputs()
         blocked = self._blocked()
         self.progress.stage(
             "scan",
@@ -178,6 +187,8 @@ class Engine:
             # the remote listing (waiting on the server) runs while the tree is scanned
             snapshot = self._scan_and_record(options, report)
             listed = listing.result()
+        if options.local_only:
+            beliefs = self.ledger.inputs()
         resend_deletes: list[InputRecord] = []
         if listed is not None:
             folded, remote, present_blocked = listed
@@ -217,15 +228,6 @@ class Engine:
         executor = self._executor()
         if resend_deletes:
             executor.delete([_delete_op(b) for b in resend_deletes])
-        sizes = {img.path: img.stat.size for img in snapshot.images.values()}
-        # stats old enough to prove the bytes unchanged (as the stat cache trusts them): the
-        # executor then sends those files without hashing them a second time
-        racy_from = self._scan_started_ns - RACY_WINDOW_NS
-        settled = {
-            img.path: img.stat
-            for img in snapshot.images.values()
-            if img.sha256 is not None and max(img.stat.mtime_ns, img.stat.ctime_ns) < racy_from
-        }
         outcome = executor.outcome
         total = len(ops)
         self.progress.stage(
@@ -241,7 +243,7 @@ class Engine:
                 ops = plan(snapshot, self.ledger.inputs(), source_name=cfg.source.name)
                 ops = [op for op in ops if op.kind is not OpKind.DELETE or op.replace]
             vanished_before = len(executor.outcome.vanished)
-            replaced = self._execute(executor, ops, beliefs, sizes, settled, report, options)
+            replaced = self._execute(executor, ops, beliefs, snapshot, report, options)
             # replaced inputs, and inputs a PATCH found deleted by someone else, are added
             # (again) once the remote confirms they are gone
             vanished = len(executor.outcome.vanished) - vanished_before
@@ -261,8 +263,7 @@ class Engine:
         executor: Executor,
         ops: Sequence[Operation],
         beliefs: Mapping[str, InputRecord],
-        sizes: Mapping[str, int],
-        settled: Mapping[str, FileStat],
+        snapshot: LocalSnapshot,
         report: SyncReport,
         options: PassOptions,
     ) -> int:
@@ -271,7 +272,10 @@ class Engine:
         patches = [op for op in ops if op.kind is OpKind.PATCH]
         replaces = [op for op in ops if op.kind is OpKind.DELETE and op.replace]
         deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
-        executor.add(adds, sizes, settled)
+        if adds:
+            sizes, settled = self._add_evidence(adds, snapshot)
+            executor.add(adds, sizes, settled)
+            del sizes, settled
         executor.patch(patches, beliefs)
         executor.delete(replaces)
         report.replaced += len(replaces)
@@ -283,6 +287,27 @@ class Engine:
             else:
                 executor.delete(deletes)
         return len(replaces)
+
+    def _add_evidence(
+        self, adds: Sequence[Operation], snapshot: LocalSnapshot
+    ) -> tuple[dict[str, int], dict[str, FileStat]]:
+        """(path -> size, path -> stat of settled files) for the files to add, and only those.
+
+        Settled: stats old enough to prove the bytes unchanged (as the stat cache trusts
+        them); the executor then sends those files without hashing them a second time.
+        """
+        racy_from = self._scan_started_ns - RACY_WINDOW_NS
+        sizes: dict[str, int] = {}
+        settled: dict[str, FileStat] = {}
+        images = snapshot.images
+        for op in adds:
+            img = images.get(op.path)
+            if img is None:
+                continue
+            sizes[img.path] = img.stat.size
+            if img.sha256 is not None and max(img.stat.mtime_ns, img.stat.ctime_ns) < racy_from:
+                settled[img.path] = img.stat
+        return sizes, settled
 
     def _scan_and_record(self, options: PassOptions, report: SyncReport) -> LocalSnapshot:
         """Scan, count, and write the file cache back (unless dry run); returns the snapshot.
@@ -344,7 +369,8 @@ class Engine:
         interval = 0.05
         # in ledger order, which is the order the intents were written: the oldest inputs
         # (the likeliest to be done) are asked for first, the last batch added last
-        waiting = self.ledger.inputs((InputState.PENDING, InputState.DELETING))
+        # only id -> state: whole records of 100,000 pending inputs would be the pass's peak
+        waiting = self.ledger.input_states((InputState.PENDING, InputState.DELETING))
         self.progress.stage("processing", lambda: f"{len(waiting)} inputs still processing")
         while waiting:
             # one request per page of ids, `workers` of them at a time; only the status of
@@ -353,11 +379,11 @@ class Engine:
             present: dict[str, tuple[int | None, str]] = {}
             for page in pool.map(self._statuses, chunk_ids(list(waiting), MAX_IDS_PER_LIST)):
                 present.update(page)
-            updates: list[InputRecord] = []
+            updates: list[tuple[str, InputState, int | None, str | None, str | None]] = []
             gone: list[str] = []
-            for input_id, belief in list(waiting.items()):
+            for input_id, was in list(waiting.items()):
                 found = present.get(input_id)
-                if belief.state is InputState.DELETING:
+                if was is InputState.DELETING:
                     if found is None:
                         gone.append(input_id)
                         del waiting[input_id]
@@ -365,7 +391,9 @@ class Engine:
                 if found is None:
                     gone.append(input_id)  # lost remotely: the next plan adds it again
                     del waiting[input_id]
-                    log.warning("input_missing_remotely", input_id=input_id, path=belief.path)
+                    log.warning(
+                        "input_missing_remotely", input_id=input_id, path=self._path_of(input_id)
+                    )
                     continue
                 code, description = found
                 state = state_for_code(code)
@@ -374,20 +402,16 @@ class Engine:
                     if state is InputState.FAILED:
                         error = f"{code} {description}".strip()
                         log.warning(
-                            "input_failed", input_id=input_id, path=belief.path, reason=error
+                            "input_failed",
+                            input_id=input_id,
+                            path=self._path_of(input_id),
+                            reason=error,
                         )
-                    updates.append(
-                        dataclasses.replace(
-                            belief,
-                            state=state,
-                            code=code,
-                            description=description,
-                            error=error,
-                        )
-                    )
+                    updates.append((input_id, state, code, description, error))
                     del waiting[input_id]
             with self.ledger.transaction():
-                self.ledger.put_inputs(updates)
+                # only the state columns change: the row's path, hash and labels stay as written
+                self.ledger.set_input_states(updates)
                 self.ledger.drop_inputs(gone)
             if not waiting or self.clock() >= deadline:
                 break
@@ -395,10 +419,19 @@ class Engine:
             interval = min(interval * 1.5, 2.0)
         return len(waiting)
 
+    def _path_of(self, input_id: str) -> str | None:
+        """The path of one input, for a log line (the poll holds no paths)."""
+        record = self.ledger.input(input_id)
+        return None if record is None else record.path
+
     def _statuses(self, ids: list[str]) -> dict[str, tuple[int | None, str]]:
         """(status code, description) of those of `ids` the remote lists."""
+        # one tuple per distinct status, shared: a page is mostly the same (code, description)
+        shared: dict[tuple[int | None, str], tuple[int | None, str]] = {}
         return {
-            r.input_id: (r.status_code, r.status_description) for r in self.api.list_inputs(ids=ids)
+            r.input_id: shared.setdefault(key, key)
+            for r in self.api.list_inputs(ids=ids)
+            for key in ((r.status_code, r.status_description),)
         }
 
     # --- helpers -------------------------------------------------------------------------
@@ -622,6 +655,12 @@ def _fewer_gc_passes() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*old)
+
+
+def _without_labels(op: Operation) -> Operation:
+    if op.labels is None and op.remove is None and op.merge is None:
+        return op
+    return Operation(op.kind, op.input_id, op.path, op.reason, op.sha256, replace=op.replace)
 
 
 def _delete_op(belief: InputRecord) -> Operation:

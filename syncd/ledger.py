@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from sys import intern
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -168,6 +169,11 @@ ON CONFLICT(input_id) DO UPDATE SET
     ELSE inputs.attempts + excluded.attempts
   END,
   updated_at = excluded.updated_at
+"""
+_SET_INPUT_STATE = """
+UPDATE inputs SET state = ?1, code = ?2, description = ?3, error = ?4,
+  attempts = CASE WHEN ?1 = 'processed' THEN 0 ELSE attempts END, updated_at = ?5
+WHERE input_id = ?6
 """
 _INPUT_COLUMNS = "input_id, path, state, sha256, concepts, metadata, code, description, error"
 
@@ -306,8 +312,10 @@ class Ledger:
             )
             # built row by row (not fetchall first): at a million files the raw rows would
             # double the peak memory for a moment
+            # paths and hashes interned: the scanner, the snapshot and the beliefs then share one
+            # str per path and per hash instead of holding a copy each (~20 MB at 100,000 files)
             return {
-                _path_out(p): KnownFile(FileStat(s, m, c, i), h, t == 1, n == 1)
+                intern(_path_out(p)): KnownFile(FileStat(s, m, c, i), intern(h), t == 1, n == 1)
                 for p, s, m, c, i, h, t, n in rows
             }
 
@@ -379,7 +387,37 @@ class Ledger:
             params = [InputState(state).value for state in states]
             query += f" WHERE state IN ({', '.join('?' * len(params))})"
         with self._reading() as conn:
-            return {row[0]: _input_out(row) for row in conn.execute(query, params)}
+            out: dict[str, InputRecord] = {}
+            for row in conn.execute(query, params):
+                record = _input_out(row)
+                out[record.input_id] = record  # keyed by the record's (interned) id: one str
+            return out
+
+    def input_states(self, states: Iterable[InputState]) -> dict[str, InputState]:
+        """Input id -> state of the inputs in `states`, in ledger (insertion) order.
+
+        What a status poll needs, without each input's path, labels and hash (at 100,000
+        pending inputs whole records are ~70 MB)."""
+        params = [InputState(state).value for state in states]
+        query = (
+            f"SELECT input_id, state FROM inputs WHERE state IN ({', '.join('?' * len(params))})"
+        )
+        with self._reading() as conn:
+            return {i: _STATES.get(s) or InputState(s) for i, s in conn.execute(query, params)}
+
+    def set_input_states(
+        self, updates: Iterable[tuple[str, InputState, int | None, str | None, str | None]]
+    ) -> None:
+        """Set (input id, state, code, description, error) of existing inputs, in one
+        transaction; unknown ids are ignored. The rest of each row (path, hash, labels) is
+        left as it is; attempts start over when an input is processed, as in `put_inputs`."""
+        now = self._clock()
+        rows = (
+            (InputState(state).value, code, _text_in(description), _text_in(error), now, input_id)
+            for input_id, state, code, description, error in updates
+        )
+        with self.transaction():
+            self._live().conn.executemany(_SET_INPUT_STATE, rows)
 
     def input(self, input_id: str) -> InputRecord | None:
         """The input with this id, or None."""
@@ -708,6 +746,19 @@ def _input_row(r: InputRecord, now: float, attempt: bool) -> tuple[Any, ...]:
 _STATES = {state.value: state for state in InputState}
 
 
+#: Values repeated across many rows (status codes and descriptions), shared rather than
+#: held once per input: one object per distinct value read in this process.
+_SHARED: dict[Any, Any] = {}
+
+
+def _shared(value: Any) -> Any:
+    if value is None:
+        return None
+    if len(_SHARED) > 10_000:
+        _SHARED.clear()  # free text after all: never let the table grow without bound
+    return _SHARED.setdefault(value, value)
+
+
 def _input_out(row: tuple[Any, ...]) -> InputRecord:
     input_id, path, state, sha, concepts, metadata, code, description, error = row
     labels = None
@@ -716,13 +767,14 @@ def _input_out(row: tuple[Any, ...]) -> InputRecord:
             () if concepts == "[]" else tuple((str(c), float(v)) for c, v in json.loads(concepts)),
             metadata.decode("utf-8", "surrogatepass"),
         )
+    # ids, paths and hashes interned: shared with the scan's snapshot and the file cache
     return InputRecord(
-        input_id,
-        path.decode("utf-8", "surrogateescape"),
+        intern(input_id),
+        intern(path.decode("utf-8", "surrogateescape")),
         _STATES.get(state) or InputState(state),
-        sha,
+        None if sha is None else intern(sha),
         labels,
-        code,
-        description,
+        _shared(code),
+        _shared(description),
         error,
     )

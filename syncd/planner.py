@@ -314,9 +314,10 @@ def fold_remote(
             description=old.description if keep_error and old else None,
             error=old.error if keep_error and old else None,
         )
-        # an unchanged belief is kept as the very same object: the listing's copy is dropped,
-        # so a pass does not hold two equal records per input
-        folded[item.input_id] = old if record == old else record
+        # an unchanged belief is kept as the very same object, keyed by its own id str: the
+        # listing's copies are dropped, so a pass does not hold two equal records per input
+        kept = old if old is not None and record == old else record
+        folded[kept.input_id] = kept
     for input_id, old in beliefs.items():
         if input_id in seen:
             continue

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 import structlog
@@ -460,6 +461,8 @@ class _Scan:
 
     def _image(self, rel: str, sidecar: str | None, path: str) -> None:
         """Stat (at `path`, the absolute spelling of `rel`), hash if needed, and label one image."""
+        # interned: the ledger's file cache and beliefs hold the same str for this path
+        rel = intern(rel)
         try:
             st = self.stat(path)
         except FileNotFoundError:
@@ -491,7 +494,10 @@ class _Scan:
             known = None
             fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             sha256, file_problem, trusted, hashed = self._content(rel, fstat)
+            if sha256 is not None:
+                sha256 = intern(sha256)
         input_id, labels, label_problem = self._labels(rel, sidecar)
+        input_id = intern(input_id)
         if file_problem and label_problem:
             problem: str | None = f"{file_problem}; {label_problem}"
         else:

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -390,10 +391,13 @@ def serve_forever(
     """Serve until SIGTERM or SIGINT. The first stdout line is `listening on http://HOST:PORT`;
     with no key given, the next one is `api key: <the default key>`."""
     out = out or sys.stdout
-    stop = threading.Event()
+    # A signal handler runs in the main thread between two bytecodes, possibly while that
+    # thread holds a lock: it must take none (Event.set() here once deadlocked the emulator
+    # when a signal landed inside Event.wait()). It only flips a flag; the loop polls it.
+    stopping: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stopping.append(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     emu = Emulator(
@@ -414,8 +418,8 @@ def serve_forever(
         if not api_keys:
             print(f"api key: {emu.api_key}", file=out, flush=True)
         log.info("emulator_started", url=emu.url, user_id=user_id, app_id=app_id)
-        while not stop.wait(0.5):
-            pass
+        while not stopping:
+            time.sleep(0.1)
     finally:
         emu.stop()
         for sig, handler in previous.items():

@@ -1,0 +1,111 @@
+"""Pins the body encoder's shortcut (base64 bytes spliced between quotes) to plain `json.dumps`."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.api import encode_inputs
+
+# Text with quotes, backslashes, control characters, non-BMP characters and surrogate escapes.
+ODD_TEXT = st.text(
+    st.one_of(
+        st.sampled_from(['"', "\\", "/", "\n", "\x00", "\x7f", "é", "\u2028", "😀", " ", "}"]),
+        st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
+        st.characters(blacklist_categories=("Cs",)),
+    ),
+    max_size=20,
+)
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    ODD_TEXT,
+)
+JSON_VALUE = st.recursive(
+    JSON_LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(ODD_TEXT, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def image_field(draw: st.DrawFn) -> dict[str, Any]:
+    """`data.image`: base64 as bytes or str (of random bytes), or a url, plus extra keys."""
+    kind = draw(st.sampled_from(["bytes", "str", "url", "none"]))
+    image: dict[str, Any] = {}
+    raw = draw(st.binary(max_size=64))
+    if kind == "bytes":
+        image["base64"] = base64.b64encode(raw)
+    elif kind == "str":
+        image["base64"] = base64.b64encode(raw).decode("ascii")
+    elif kind == "url":
+        image["url"] = "https://example.test/" + draw(ODD_TEXT)
+    if draw(st.booleans()):
+        image["allow_duplicate_url"] = draw(st.booleans())
+    return image
+
+
+@st.composite
+def input_item(draw: st.DrawFn) -> dict[str, Any]:
+    """One POST /v2/inputs item with optional id, concepts, metadata, dataset_ids and extras."""
+    data: dict[str, Any] = {}
+    if draw(st.booleans()):
+        data["image"] = draw(image_field())
+    if draw(st.booleans()):
+        data["concepts"] = draw(
+            st.lists(
+                st.fixed_dictionaries({"id": ODD_TEXT, "value": st.sampled_from([0.0, 1.0])}),
+                max_size=3,
+            )
+        )
+    if draw(st.booleans()):
+        data["metadata"] = draw(st.dictionaries(ODD_TEXT, JSON_VALUE, max_size=4))
+    item: dict[str, Any] = {"data": data}
+    if draw(st.booleans()):
+        item["id"] = draw(ODD_TEXT)
+    if draw(st.booleans()):
+        item["dataset_ids"] = draw(st.lists(ODD_TEXT, max_size=2))
+    extra = draw(st.dictionaries(ODD_TEXT.filter(lambda k: k not in item), JSON_VALUE, max_size=2))
+    item.update(extra)
+    # key order must not matter: the spliced spelling puts image and data first
+    keys = draw(st.permutations(list(item)))
+    return {k: item[k] for k in keys}
+
+
+def _plain(value: Any) -> Any:
+    """The batch as `json.dumps` sees it: base64 bytes become the equal ASCII str."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(input_item(), max_size=5))
+def test_encode_inputs_parses_to_what_json_dumps_gives(batch: list[dict[str, Any]]) -> None:
+    """`encode_inputs(batch)` parses to exactly what `json.dumps({"inputs": batch})` parses to,
+    whether base64 is bytes or str, for url images, extra fields and odd text anywhere."""
+    body = encode_inputs(batch)
+
+    assert isinstance(body, bytes)
+    assert json.loads(body) == json.loads(json.dumps({"inputs": _plain(batch)}))
+
+
+def test_encode_inputs_splices_base64_bytes_unchanged() -> None:
+    """Base64 given as bytes appears in the body byte for byte, between two quotes."""
+    raw = base64.b64encode(bytes(range(256)) * 4)
+    body = encode_inputs([{"id": "a", "data": {"image": {"base64": raw}, "metadata": {"k": "é"}}}])
+
+    assert b'"base64":"' + raw + b'"' in body
+    assert json.loads(body)["inputs"][0]["data"]["metadata"] == {"k": "é"}
