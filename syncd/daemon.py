@@ -424,11 +424,21 @@ class Daemon:
             self.subtrees.clear()
             self._start_pass(now, "subtree", scope)
         elif self.batch and self._batch_due(now, self.config.sync.batch_size):
-            paths = [p for p in self.batch if p not in self.settler]  # changed again: wait
-            self.batch.clear()
-            self.batch_started = None
+            paths = sorted(p for p in self.batch if p not in self.settler)  # changed again: wait
+            size = self.config.sync.batch_size
+            if len(self.settler) and len(paths) > size and len(paths) % size:
+                # a burst is still settling: send whole batches now and let the remainder
+                # join the files still to come (at most one more window), so no partial
+                # request goes out in the middle of a burst
+                keep = paths[len(paths) // size * size :]
+                paths = paths[: len(paths) // size * size]
+                self.batch = {p: self.batch[p] for p in keep}
+                self.batch_started = now
+            else:
+                self.batch.clear()
+                self.batch_started = None
             if paths:
-                self._start_pass(now, "watch", tuple(sorted(paths)))
+                self._start_pass(now, "watch", tuple(paths))
         elif self._rescan_due(now):
             self._start_pass(now, "rescan", None, local_only=False)
         elif self.pending_remote and now >= self.next_poll:
