@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import helpers
 import pytest
 from structlog.testing import capture_logs
 
@@ -30,16 +31,11 @@ from syncd.watcher import (
 TIMEOUT = 10.0
 
 
+
 def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
+    """`helpers.wait_until` with this file's longer default timeout (real observers, real
+    subprocesses)."""
+    return helpers.wait_until(predicate, timeout=timeout, what=what)
 
 
 class Collector:
