@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -36,6 +35,7 @@ from syncd.model import (
 from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
 from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
+from syncd.report import PassOptions, SyncReport, summary_of
 from syncd.scanner import RACY_WINDOW_NS, FileRecord, KnownFile, ScanResult, scan
 
 log = structlog.get_logger(__name__)
@@ -44,77 +44,6 @@ log = structlog.get_logger(__name__)
 BLOCKED_KEY = "blocked_ids"
 #: How many times one pass re-plans after replacement deletes complete.
 MAX_ROUNDS = 3
-
-
-@dataclass(frozen=True)
-class PassOptions:
-    local_only: bool = False  # compare with the ledger only; do not list the remote
-    dry_run: bool = False  # send no write request, leave the ledger as it is
-    allow_mass_delete: bool = False
-    wait: bool = True  # wait (up to sync.poll_timeout) for processing and deletes to finish
-    scope: tuple[str, ...] | None = None  # relative paths to rescan; None: the whole root
-    kind: str = "reconcile"
-
-
-@dataclass
-class SyncReport:
-    """Everything one pass did, for the summary line, `--json` and exit codes.
-
-    `planned` keeps each operation's kind, id, path, reason and hash, not its labels.
-    """
-
-    dry_run: bool = False
-    local_only: bool = False
-    files_seen: int = 0
-    files_hashed: int = 0
-    bytes_hashed: int = 0
-    planned: list[Operation] = field(default_factory=list)
-    added: int = 0
-    adopted: int = 0
-    relabeled: int = 0
-    deleted: int = 0
-    replaced: int = 0
-    failed: list[tuple[str, str, str]] = field(default_factory=list)
-    held: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    orphan_sidecars: list[tuple[str, str]] = field(default_factory=list)
-    foreign: int | None = None
-    missing_readded: int = 0
-    drifted: list[str] = field(default_factory=list)
-    pending: int = 0
-    guard: str | None = None
-    errors: list[str] = field(default_factory=list)
-    unreachable: bool = False  # an error was the remote being down: exit 3, not 1
-    vanished: list[str] = field(default_factory=list)  # paths whose input was deleted remotely
-    explain: list[dict[str, str]] = field(default_factory=list)
-    requests: dict[str, int] = field(default_factory=dict)
-    bytes_sent: int = 0
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        if self.unreachable:
-            return 3
-        if self.guard:
-            return 4
-        if self.errors or self.failed or self.held or self.skipped or self.pending:
-            return 1
-        return 0
-
-    def as_dict(self) -> dict[str, Any]:
-        # field by field: dataclasses.asdict would deep-copy every planned operation
-        out = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("planned", "explain")
-        }
-        out["planned"] = [
-            {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
-            for op in self.planned
-        ]
-        out["explain"] = self.explain
-        out["exit_code"] = self.exit_code
-        return out
 
 
 class Engine:
@@ -149,7 +78,9 @@ class Engine:
 
     # --- the pass ------------------------------------------------------------------------
 
-    def sync_once(self, options: PassOptions = PassOptions()) -> SyncReport:
+    def sync_once(self, options: PassOptions | None = None) -> SyncReport:
+        """Run one pass (by default a full one, with the remote listing); return its report."""
+        options = options or PassOptions()
         started = self.clock()
         report = SyncReport(dry_run=options.dry_run, local_only=options.local_only)
         pass_id = None if options.dry_run else self.ledger.start_pass(options.kind)
@@ -166,9 +97,9 @@ class Engine:
             report.requests, report.bytes_sent = self._api_delta(sent_before)
             if pass_id is not None:
                 self.ledger.finish_pass(
-                    pass_id, summary=_summary(report), exit_code=report.exit_code
+                    pass_id, summary=summary_of(report), exit_code=report.exit_code
                 )
-        log.info("pass_finished", **_summary(report))
+        log.info("pass_finished", **summary_of(report))
         return report
 
     def _run(self, options: PassOptions, report: SyncReport) -> None:
@@ -700,25 +631,3 @@ def _explain_hashing(known: Mapping[str, KnownFile], result: ScanResult) -> list
             why = ", ".join(fields) + " changed: hashed"
         out.append({"path": rec.path, "action": "hash", "why": why})
     return out
-
-
-def _summary(report: SyncReport) -> dict[str, Any]:
-    return {
-        "added": report.added,
-        "adopted": report.adopted,
-        "relabeled": report.relabeled,
-        "deleted": report.deleted,
-        "replaced": report.replaced,
-        "failed": len(report.failed),
-        "held": len(report.held),
-        "pending": report.pending,
-        "foreign": report.foreign,
-        "files_seen": report.files_seen,
-        "files_hashed": report.files_hashed,
-        "bytes_sent": report.bytes_sent,
-        "requests": sum(report.requests.values()),
-        "seconds": report.seconds,
-        "guard": report.guard,
-        "errors": len(report.errors),
-        "dry_run": report.dry_run,
-    }

@@ -20,17 +20,12 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from syncd.api import (
-    RATE_HEADROOM,
+from syncd.api import RATE_HEADROOM, ApiStats, ClarifaiApi, ItemResult, RemoteRecord, chunk_ids
+from syncd.envelope import (
     THROTTLED_BACKOFF_FLOOR,
-    ApiStats,
-    ClarifaiApi,
     Envelope,
-    ItemResult,
-    RemoteRecord,
     Verdict,
     backoff_delay,
-    chunk_ids,
     classify,
     parse_code,
     parse_envelope,

@@ -1,0 +1,106 @@
+"""What one sync pass is asked to do (PassOptions) and what it did (SyncReport).
+
+The report is plain data: the CLI prints it, `--json` dumps it, the ledger keeps its summary
+and the exit code comes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.model import Operation
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    local_only: bool = False  # compare with the ledger only; do not list the remote
+    dry_run: bool = False  # send no write request, leave the ledger as it is
+    allow_mass_delete: bool = False
+    wait: bool = True  # wait (up to sync.poll_timeout) for processing and deletes to finish
+    scope: tuple[str, ...] | None = None  # relative paths to rescan; None: the whole root
+    kind: str = "reconcile"
+
+
+@dataclass
+class SyncReport:
+    """Everything one pass did, for the summary line, `--json` and exit codes.
+
+    `planned` keeps each operation's kind, id, path, reason and hash, not its labels.
+    """
+
+    dry_run: bool = False
+    local_only: bool = False
+    files_seen: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+    planned: list[Operation] = field(default_factory=list)
+    added: int = 0
+    adopted: int = 0
+    relabeled: int = 0
+    deleted: int = 0
+    replaced: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    held: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    orphan_sidecars: list[tuple[str, str]] = field(default_factory=list)
+    foreign: int | None = None
+    missing_readded: int = 0
+    drifted: list[str] = field(default_factory=list)
+    pending: int = 0
+    guard: str | None = None
+    errors: list[str] = field(default_factory=list)
+    unreachable: bool = False  # an error was the remote being down: exit 3, not 1
+    vanished: list[str] = field(default_factory=list)  # paths whose input was deleted remotely
+    explain: list[dict[str, str]] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.unreachable:
+            return 3
+        if self.guard:
+            return 4
+        if self.errors or self.failed or self.held or self.skipped or self.pending:
+            return 1
+        return 0
+
+    def as_dict(self) -> dict[str, Any]:
+        # field by field: dataclasses.asdict would deep-copy every planned operation
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("planned", "explain")
+        }
+        out["planned"] = [
+            {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
+            for op in self.planned
+        ]
+        out["explain"] = self.explain
+        out["exit_code"] = self.exit_code
+        return out
+
+
+def summary_of(report: SyncReport) -> dict[str, Any]:
+    return {
+        "added": report.added,
+        "adopted": report.adopted,
+        "relabeled": report.relabeled,
+        "deleted": report.deleted,
+        "replaced": report.replaced,
+        "failed": len(report.failed),
+        "held": len(report.held),
+        "pending": report.pending,
+        "foreign": report.foreign,
+        "files_seen": report.files_seen,
+        "files_hashed": report.files_hashed,
+        "bytes_sent": report.bytes_sent,
+        "requests": sum(report.requests.values()),
+        "seconds": report.seconds,
+        "guard": report.guard,
+        "errors": len(report.errors),
+        "dry_run": report.dry_run,
+    }
