@@ -38,7 +38,6 @@ TIMEOUT = 15.0
 SOURCE = "pets"
 
 
-
 def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
     """`helpers.wait_until` with this file's longer default timeout (real observers, real
     subprocesses)."""

@@ -31,7 +31,6 @@ from syncd.watcher import (
 TIMEOUT = 10.0
 
 
-
 def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
     """`helpers.wait_until` with this file's longer default timeout (real observers, real
     subprocesses)."""
