@@ -22,6 +22,7 @@ $(LEGACY)/.installed:
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # systemd-analyze checks the unit files in deploy/ (tests/test_deploy.py).
 systemd-analyze:
@@ -30,6 +31,7 @@ systemd-analyze:
 
 test: $(VENV)/.installed $(LEGACY)/.installed systemd-analyze
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	SYNCD_LEGACY_PYTHON=$(CURDIR)/$(LEGACY)/bin/python $(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
