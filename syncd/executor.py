@@ -160,7 +160,7 @@ class Executor:
 
     def _send_adds(self, payload: list[dict[str, Any]], sendable: list[Operation]) -> None:
         """Send one prepared batch and record each input's outcome."""
-        results = self._send_splitting(self.api.add_inputs, payload, sendable)
+        results = self._send_splitting("add", self.api.add_inputs, payload, sendable)
         payload.clear()  # the encoded images are not needed while the outcome is recorded
         records: list[InputRecord] = []
         duplicates: list[Operation] = []
@@ -340,13 +340,12 @@ class Executor:
                 data["metadata"] = metadata
             payload.append({"id": op.input_id, "data": data})
         results = self._send_splitting(
-            lambda items: self.api.patch_inputs(items, action), payload, ops
+            f"patch {action}", lambda items: self.api.patch_inputs(items, action), payload, ops
         )
         for op, result in results:
             if result is not None and result.ok:
                 continue
-            with self.outcome._lock:
-                failed.add(op.input_id)
+            self.outcome.record(lambda _o, i=op.input_id: failed.add(i))
             if result is None:
                 continue
             if result.code in MISSING_CODES:
@@ -384,6 +383,7 @@ class Executor:
 
     def _send_splitting(
         self,
+        what: str,
         send: Callable[[list[dict[str, Any]]], list[ItemResult]],
         payload: list[dict[str, Any]],
         ops: list[Operation],
@@ -395,15 +395,19 @@ class Executor:
         Re-sending is safe: patches are idempotent, and an add that did land answers
         "duplicate ID", which is adopted.
         """
+
+        def halves() -> list[tuple[Operation, ItemResult | None]]:
+            mid = len(payload) // 2
+            return self._send_splitting(what, send, payload[:mid], ops[:mid]) + (
+                self._send_splitting(what, send, payload[mid:], ops[mid:])
+            )
+
         try:
             results = send(payload)
         except (TransientError, RejectedError) as exc:
             if len(payload) > 1 and isinstance(exc, RejectedError):
-                mid = len(payload) // 2
-                return self._send_splitting(send, payload[:mid], ops[:mid]) + (
-                    self._send_splitting(send, payload[mid:], ops[mid:])
-                )
-            self._request_failed(send.__name__ if hasattr(send, "__name__") else "request", exc)
+                return halves()
+            self._request_failed(what, exc)
             return [(op, None) for op in ops]
         # "duplicate ID" is a definitive per-input answer (the input exists: adopt it); any
         # other failure of a whole batch may be collateral damage of one bad item
@@ -413,10 +417,7 @@ class Executor:
             and not any(r.ok for r in results)
             and not all(r.duplicate for r in results)
         ):
-            mid = len(payload) // 2
-            return self._send_splitting(send, payload[:mid], ops[:mid]) + (
-                self._send_splitting(send, payload[mid:], ops[mid:])
-            )
+            return halves()
         by_id = {r.input_id: r for r in results}
         return [(op, by_id.get(op.input_id)) for op in ops]
 
