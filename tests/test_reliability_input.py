@@ -31,6 +31,7 @@ from helpers import (
     make_site,
     run_cli,
     run_syncd,
+    wait_until,
     write_config,
 )
 from invariants import check_invariant, local_images
@@ -353,6 +354,33 @@ def test_unreadable_files_are_held_and_an_unreadable_folder_deletes_nothing(site
 # --- files that change between scan and read ------------------------------------------------
 
 
+def after_the_scan(
+    site: Site, paths: list[str], action: Callable[[], object]
+) -> Callable[[], None]:
+    """A hook action for the pass's remote listing request that runs `action` once the scan
+    has recorded `paths` in the ledger.
+
+    The listing runs beside the scan, so its request can arrive before the scan has read the
+    files; held here until the scan's records are in the ledger (the pass waits for the
+    listing before it plans and reads files to send), the action lands exactly between the
+    scan and the read.
+    """
+
+    def scanned() -> bool:
+        ledger = Ledger.open(site.ledger, lock=False)
+        try:
+            known = ledger.known_files()
+        finally:
+            ledger.close()
+        return all(path in known for path in paths)
+
+    def run() -> None:
+        wait_until(scanned, timeout=30, what=f"the scan to record {paths}")
+        action()
+
+    return run
+
+
 def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook) -> None:
     """A file rewritten after the scan hashed it is not sent with bytes that do not match its
     scan (message: "changed since it was scanned"), a file deleted meanwhile is skipped as
@@ -361,11 +389,11 @@ def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook)
     site.image("moving.png", 60)
     site.image("vanishing.png", 61)
 
-    def change_files() -> None:  # runs after the scan, before the adds read the files
+    def change_files() -> None:
         (site.root / "moving.png").write_bytes(png_bytes(8, 8, seed=600))
         (site.root / "vanishing.png").unlink()
 
-    hook.actions["ListInputs"] = change_files
+    hook.actions["ListInputs"] = after_the_scan(site, ["moving.png", "vanishing.png"], change_files)
 
     first = json.loads(reconcile(site, "--json").stdout)
 
@@ -382,8 +410,10 @@ def test_text_report_names_a_file_changed_between_scan_and_read(site: Site, hook
     """The text report of a pass that skipped a file rewritten after the scan names the file
     and the reason, so the exit code 1 is explained."""
     site.image("moving.png", 60)
-    hook.actions["ListInputs"] = lambda: (site.root / "moving.png").write_bytes(
-        png_bytes(8, 8, seed=600)
+    hook.actions["ListInputs"] = after_the_scan(
+        site,
+        ["moving.png"],
+        lambda: (site.root / "moving.png").write_bytes(png_bytes(8, 8, seed=600)),
     )
 
     result = reconcile(site)
