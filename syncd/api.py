@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import requests
@@ -48,6 +48,9 @@ from syncd.errors import (
     TransientError,
 )
 from syncd.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from syncd.config import ApiKey, Config
 
 log = structlog.get_logger(__name__)
 
@@ -578,3 +581,25 @@ def _map_items(batch: list[dict[str, Any]], env: Envelope) -> list[ItemResult]:
                 )
             )
     return results
+
+
+def api_for(
+    config: Config,
+    key: ApiKey,
+    *,
+    factory: Callable[..., ClarifaiApi] | None = None,
+    **overrides: Any,
+) -> ClarifaiApi:
+    """The client for `config`'s remote with `key`; `overrides` change single options
+    (`status` and `doctor` make one quick call: one worker, fewer attempts)."""
+    remote = config.remote
+    options: dict[str, Any] = {
+        "user_id": remote.user_id,
+        "app_id": remote.app_id,
+        "key_source": key.source,
+        "workers": config.sync.workers,
+        "max_requests_per_second": config.sync.max_requests_per_second,
+        "timeout": remote.timeout,
+        **overrides,
+    }
+    return (factory or ClarifaiApi)(remote.api_base, key.value, **options)

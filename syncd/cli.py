@@ -160,7 +160,7 @@ def _echo(line: str) -> None:
 
 
 def _print_report(report: Any, *, explain: bool) -> None:
-    echo = _echo
+    echo = _echo  # every line escaped the same way
     if explain:
         for row in report.explain:
             target = row.get("path") or row.get("input_id", "")

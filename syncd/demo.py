@@ -32,27 +32,16 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> int:
 
 
 def _start_emulator(workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "emulator",
-            "--port",
-            "0",
-            "--api-key",
-            DEMO_KEY,
-            "--state",
-            str(workdir / "emulator.db"),
-            "--processing-delay",
-            "0.5",
-            "--delete-delay",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=(workdir / "emulator.log").open("w"),
-        text=True,
-    )
+    args = ["--port", "0", "--api-key", DEMO_KEY, "--state", str(workdir / "emulator.db")]
+    args += ["--processing-delay", "0.5", "--delete-delay", "0.5"]
+    # the child keeps its own copy of the log's descriptor; ours is closed at once
+    with (workdir / "emulator.log").open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "emulator", *args],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
     assert proc.stdout is not None
     first = proc.stdout.readline().strip()
     if not first.startswith("listening on "):

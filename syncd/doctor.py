@@ -17,7 +17,6 @@ from typing import Any
 
 from syncd.config import Config, check_root, load_config, resolve_api_key
 from syncd.errors import ApiError, AuthError, ConfigError, LedgerError, TransientError
-from syncd.logs import register_secret
 from syncd.sidecar import is_sidecar_name
 from syncd.watcher import path_filter, suggested_max_user_watches
 
@@ -127,7 +126,6 @@ def _credentials(config: Config, environ: Mapping[str, str]) -> tuple[Check, Any
         key = resolve_api_key(config, environ)
     except ConfigError as exc:
         return Check("credentials", FAIL, str(exc), fix), None
-    register_secret(key.value)
     path = config.remote.api_key_file
     if key.source.startswith("file ") and path is not None:
         try:
@@ -160,19 +158,16 @@ def _credentials(config: Config, environ: Mapping[str, str]) -> tuple[Check, Any
 
 
 def _remote(config: Config, key: Any, api_factory: Callable[..., Any] | None) -> Check:
-    from syncd.api import ClarifaiApi  # noqa: PLC0415 - requests is only needed here
-
-    factory = api_factory or ClarifaiApi
     remote = config.remote
-    api = factory(
-        remote.api_base,
-        key.value,
-        user_id=remote.user_id,
-        app_id=remote.app_id,
-        key_source=key.source,
+    from syncd.api import api_for  # noqa: PLC0415 - requests is only needed here
+
+    api = api_for(
+        config,
+        key,
+        factory=api_factory,
         workers=1,
         max_requests_per_second=None,
-        timeout=min(remote.timeout, 15.0),
+        timeout=min(config.remote.timeout, 15.0),
         max_attempts=1,
     )
     started = time.monotonic()

@@ -18,11 +18,10 @@ from typing import Any
 
 import structlog
 
-from syncd.api import MAX_IDS_PER_LIST, ClarifaiApi, chunk_ids
+from syncd.api import MAX_IDS_PER_LIST, api_for, chunk_ids
 from syncd.config import Config, resolve_api_key
 from syncd.executor import Executor, Outcome
 from syncd.ledger import Ledger
-from syncd.logs import register_secret
 from syncd.model import (
     FileStat,
     InputRecord,
@@ -532,29 +531,15 @@ def open_engine(
     progress: Progress | NoProgress | None = None,
 ) -> Engine:
     """Credentials, ledger and API client for one process; the caller closes the ledger."""
-    key = resolve_api_key(config)
-    register_secret(key.value)
+    key = resolve_api_key(config)  # also registers the key for redaction from logs
     if rebuild_ledger:
         moved = Ledger.move_aside(config.ledger.path)
         if moved is not None:
             log.warning("ledger_moved_aside", path=str(moved))
     ledger = Ledger.open(config.ledger.path)
     try:
-        remote = config.remote
-        ledger.check_identity(
-            source_name=config.source.name,
-            remote=remote_identity(config),
-        )
-        api = ClarifaiApi(
-            remote.api_base,
-            key.value,
-            user_id=remote.user_id,
-            app_id=remote.app_id,
-            key_source=key.source,
-            workers=config.sync.workers,
-            max_requests_per_second=config.sync.max_requests_per_second,
-            timeout=remote.timeout,
-        )
+        ledger.check_identity(source_name=config.source.name, remote=remote_identity(config))
+        api = api_for(config, key)
     except BaseException:
         ledger.close()
         raise

@@ -9,11 +9,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.api import ClarifaiApi
+from syncd.api import api_for
 from syncd.config import Config, resolve_api_key
 from syncd.errors import ApiError, ConfigError
 from syncd.ledger import Ledger
-from syncd.logs import register_secret
 from syncd.sidecar import display_path
 
 
@@ -53,18 +52,7 @@ def _remote_counts(config: Config) -> dict[str, Any]:
         key = resolve_api_key(config)
     except ConfigError as exc:
         return {"error": str(exc)}
-    register_secret(key.value)
-    api = ClarifaiApi(
-        config.remote.api_base,
-        key.value,
-        user_id=config.remote.user_id,
-        app_id=config.remote.app_id,
-        key_source=key.source,
-        workers=1,
-        max_requests_per_second=config.sync.max_requests_per_second,
-        timeout=config.remote.timeout,
-        max_attempts=2,
-    )
+    api = api_for(config, key, workers=1, max_attempts=2)
     try:
         return dict(api.input_counts())
     except ApiError as exc:
