@@ -27,13 +27,17 @@ from requests.adapters import HTTPAdapter
 
 from syncd.envelope import (
     COUNT_FIELDS,
-    DUPLICATE_ID_DETAILS,
-    DUPLICATE_ID_PATTERN,
-    ITEM_OK_CODES,
+    MAX_BATCH,
+    MAX_IDS_PER_LIST,
+    MAX_PER_PAGE,
     THROTTLED_BACKOFF_FLOOR,
     Envelope,
+    ItemResult,
+    RemoteRecord,
     Verdict,
     backoff_delay,
+    check_api_key,
+    chunk_ids,
     classify,
     parse_code,
     parse_envelope,
@@ -42,7 +46,6 @@ from syncd.envelope import (
 from syncd.errors import (
     ApiError,
     AuthError,
-    ConfigError,
     RejectedError,
     ThrottledError,
     TransientError,
@@ -54,61 +57,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-MAX_BATCH = 128  # inputs per POST/PATCH, ids per DELETE
-MAX_IDS_PER_LIST = 128  # ids per filtered list request
-MAX_QUERY_CHARS = 6000  # keep filtered list URLs well below common 8 KiB limits
-MAX_PER_PAGE = 1000
 _TRANSIENT_EXCEPTIONS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """The outcome for one input of a POST or PATCH, matched back by id."""
-
-    input_id: str
-    code: int
-    description: str
-    details: str
-
-    @property
-    def ok(self) -> bool:
-        return self.code in ITEM_OK_CODES
-
-    @property
-    def duplicate(self) -> bool:
-        """The id already exists remotely (possibly from an earlier attempt of this request)."""
-        if self.details == DUPLICATE_ID_DETAILS or self.code == 40010:
-            return True
-        return any(DUPLICATE_ID_PATTERN.search(t) for t in (self.details, self.description))
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteRecord:
-    """One input as the remote lists it (raw `data`)."""
-
-    input_id: str
-    data: dict[str, Any]
-    status_code: int | None
-    status_description: str
-    created_at: str | None
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> RemoteRecord:
-        status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
-        data = raw.get("data")
-        created = raw.get("created_at")
-        return cls(
-            str(raw.get("id") or ""),
-            data if isinstance(data, dict) else {},
-            parse_code(status.get("code")),
-            str(status.get("description") or ""),
-            str(created) if created else None,
-        )
 
 
 @dataclass
@@ -185,8 +139,7 @@ class ClarifaiApi:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if not api_key or len(api_key.split()) != 1 or api_key != api_key.strip():
-            raise ConfigError(f"the API key from {key_source} is empty or contains whitespace")
+        check_api_key(api_key, key_source)
         if max_attempts < 1 or workers < 1:
             raise ValueError("max_attempts and workers must be at least 1")
         self._key = api_key
@@ -315,13 +268,20 @@ class ClarifaiApi:
                     if str(raw.get("id")) in wanted:
                         yield RemoteRecord.from_json(raw)
             return
+        for items in self.list_pages(per_page=per_page):
+            for raw in items:
+                yield RemoteRecord.from_json(raw)
+
+    def list_pages(self, *, per_page: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every input as the remote lists it (raw JSON objects), one list per page."""
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be within 1..{MAX_PER_PAGE}, got {per_page}")
         page = 1
         while True:
             params = [("page", str(page)), ("per_page", str(per_page))]
             env = self._call("list", "GET", "/inputs", params=params, accept={Verdict.ITEMS})
             items = env.items
-            for raw in items:
-                yield RemoteRecord.from_json(raw)
+            yield items
             if len(items) < per_page:
                 return
             page += 1
@@ -529,21 +489,6 @@ def _as_int(value: Any) -> int:
         return int(value or 0)
     except (TypeError, ValueError):
         return 0
-
-
-def chunk_ids(ids: Sequence[str], size: int) -> Iterator[list[str]]:
-    """Distinct ids in order, in chunks of at most `size` whose query stays short."""
-    chunk: list[str] = []
-    chars = 0
-    for input_id in dict.fromkeys(ids):
-        cost = len(quote(input_id, safe="")) + len("&ids=")
-        if chunk and (len(chunk) >= size or chars + cost > MAX_QUERY_CHARS):
-            yield chunk
-            chunk, chars = [], 0
-        chunk.append(input_id)
-        chars += cost
-    if chunk:
-        yield chunk
 
 
 def _map_items(batch: list[dict[str, Any]], env: Envelope) -> list[ItemResult]:

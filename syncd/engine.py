@@ -18,8 +18,9 @@ from typing import Any
 
 import structlog
 
-from syncd.api import MAX_IDS_PER_LIST, api_for, chunk_ids
-from syncd.config import Config, resolve_api_key
+from syncd import quickcheck
+from syncd.config import ApiKey, Config, resolve_api_key
+from syncd.envelope import MAX_IDS_PER_LIST, RemoteRecord, check_api_key, chunk_ids
 from syncd.executor import Executor, Outcome
 from syncd.ledger import Ledger
 from syncd.model import (
@@ -58,8 +59,10 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         explain: bool = False,
         progress: Progress | NoProgress | None = None,
+        quick_check: bool = True,
     ) -> None:
         self.config = config
+        self.quick_check = quick_check  # False: every full pass scans (tests compare the two)
         self.ledger = ledger
         self.api = api
         self.clock = clock
@@ -103,25 +106,34 @@ class Engine:
 
     def _run(self, options: PassOptions, report: SyncReport) -> None:
         cfg = self.config
-        # a full pass folds the listing into the beliefs while the tree is scanned, so it needs
-        # them now; a local pass loads them after the scan, once the stat cache is let go (the
-        # scan writes only the file table: they are the same rows either way)
-        beliefs = {} if options.local_only else self.ledger.inputs()
+        quick = self._quick_check(options)
+        if quick is not None and quick.in_step and self._remote_unchanged(quick, options, report):
+            self._report_in_step(quick, report)
+            return
         blocked = self._blocked()
         self.progress.stage(
             "scan",
             "reading the folder, hashing new and changed files"
             + ("" if options.local_only else ", listing the remote"),
         )
-        with _Listing(self, beliefs, blocked, enabled=not options.local_only) as listing:
+        # a full pass folds the listing into the beliefs while the tree is scanned (the listing
+        # thread loads them); a local pass loads them after the scan, once the stat cache is
+        # let go (the scan writes only the file table: they are the same rows either way)
+        with _Listing(self, blocked, enabled=not options.local_only) as listing:
             # the remote listing (waiting on the server) runs while the tree is scanned
             snapshot = self._scan_and_record(options, report)
             listed = listing.result()
+        beliefs: dict[str, InputRecord] = {}
         if options.local_only:
             beliefs = self.ledger.inputs()
         resend_deletes: list[InputRecord] = []
         if listed is not None:
-            folded, remote, present_blocked = listed
+            beliefs, folded, remote, present_blocked = (
+                listed.beliefs,
+                listed.folded,
+                listed.remote,
+                listed.present_blocked,
+            )
             blocked = {k: v for k, v in blocked.items() if k in present_blocked}
             self._report_remote(remote, report)
             resend_deletes = [b for b in folded.values() if b.state is InputState.DELETING]
@@ -187,6 +199,95 @@ class Engine:
         if options.wait:
             self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
         self._report_states(report)
+        if quick is not None and self._ended_in_step(report, snapshot, blocked, resend_deletes):
+            self._leave_marker(quick, listed, report)
+
+    def _quick_check(self, options: PassOptions) -> _QuickCheck | None:
+        """Walk the tree with stat only and compare it with the ledger's in-step marker; None
+        for scoped passes, for trees the quick walk does not model, and for dry runs when
+        there is no marker (nothing to compare with, and a dry run leaves none)."""
+        if options.scope is not None or not self.quick_check:
+            return None
+        marker = self.ledger.in_step_marker()
+        if marker is None and options.dry_run:
+            return None
+        walk = quickcheck.walk(self.config)
+        if walk is None:
+            return None
+        fingerprint = quickcheck.fingerprint(self.config)
+        in_step = quickcheck.in_step(walk, marker, fingerprint)
+        return _QuickCheck(walk, fingerprint, marker, in_step)
+
+    def _remote_unchanged(
+        self, quick: _QuickCheck, options: PassOptions, report: SyncReport
+    ) -> bool:
+        """For a tree in step: whether the remote is too, as far as this pass looks (a local
+        pass does not; a full one lists the remote and compares the listing's digest)."""
+        if options.local_only:
+            return True
+        known = quickcheck.remote_of(quick.marker)
+        if known is None:
+            return False
+        digest = quickcheck.ListingDigest()
+        for page in self.api.list_pages():
+            digest.update(page)
+        if digest.hexdigest() != known[0]:
+            # someone else changed the app: the full pass lists it again and folds it
+            log.info("quick_check_remote_changed")
+            return False
+        report.foreign = known[1]
+        return True
+
+    def _leave_marker(self, quick: _QuickCheck, listed: _Listed | None, report: SyncReport) -> None:
+        """Record that this pass ended in step (see syncd/quickcheck.py)."""
+        if listed is not None:
+            remote = (listed.digest, report.foreign)
+        elif self.ledger.in_step_marker() == quick.marker:
+            # a local pass that wrote nothing: what the old marker knew of the remote holds
+            remote = quickcheck.remote_of(quick.marker)
+        else:
+            remote = None
+        marker = quickcheck.marker_for(
+            quick.walk, quick.fingerprint, self.ledger.clean_file_lines() or [], remote=remote
+        )
+        if marker is not None:
+            self.ledger.set_in_step_marker(marker)
+
+    def _report_in_step(self, quick: _QuickCheck, report: SyncReport) -> None:
+        """The tree and the ledger are as the last clean pass left them: a full scan would
+        rebuild the same snapshot and plan nothing (see syncd/quickcheck.py)."""
+        report.quick_check = True
+        report.files_seen = len(quick.walk.images)
+        self._report_states(report)
+        log.info("quick_check_in_step", files=report.files_seen)
+
+    def _ended_in_step(
+        self,
+        report: SyncReport,
+        snapshot: LocalSnapshot,
+        blocked: Mapping[str, str],
+        resend_deletes: Sequence[InputRecord],
+    ) -> bool:
+        """Whether this (full, written) pass left the folder and the ledger in step: nothing
+        planned, held, skipped, unjudged or still in flight. Inputs whose processing failed
+        may remain: a pass plans nothing for them until their bytes change."""
+        if (
+            report.planned
+            or resend_deletes
+            or report.held
+            or report.skipped
+            or report.orphan_sidecars
+            or report.errors
+            or report.guard
+            or report.vanished
+            or blocked
+            or snapshot.root_problem is not None
+            or snapshot.unscanned
+        ):
+            return False
+        counts = self.ledger.counts_by_state()
+        settled = (InputState.PROCESSED.value, InputState.FAILED.value)
+        return all(n == 0 for state, n in counts.items() if state not in settled)
 
     def _execute(
         self,
@@ -264,28 +365,32 @@ class Engine:
 
     def list_remote(
         self, beliefs: Mapping[str, InputRecord], blocked: Mapping[str, str], stop: threading.Event
-    ) -> tuple[dict[str, InputRecord], RemoteReport, set[str]] | None:
+    ) -> tuple[dict[str, InputRecord], RemoteReport, set[str], str] | None:
         """List the whole remote and fold it into `beliefs`, page by page.
 
-        Returns (folded beliefs, what the listing taught, the `blocked` ids still present), or
-        None when `stop` was set. Each record is reduced to a RemoteInput as it arrives, so the
-        raw JSON of the whole app is never held at once.
+        Returns (folded beliefs, what the listing taught, the `blocked` ids still present, the
+        listing's digest), or None when `stop` was set. Each record is reduced to a RemoteInput
+        as it arrives, so the raw JSON of the whole app is never held at once.
         """
         present_blocked: set[str] = set()
+        digest = quickcheck.ListingDigest()
         stopped = False
 
         def reduced() -> Iterator[RemoteInput]:
             nonlocal stopped
-            for record in self.api.list_inputs():
-                if stop.is_set():
-                    stopped = True
-                    return
-                if record.input_id in blocked:
-                    present_blocked.add(record.input_id)
-                yield remote_input(record)
+            for page in self.api.list_pages():
+                digest.update(page)
+                for raw in page:
+                    if stop.is_set():
+                        stopped = True
+                        return
+                    record = RemoteRecord.from_json(raw)
+                    if record.input_id in blocked:
+                        present_blocked.add(record.input_id)
+                    yield remote_input(record)
 
         folded, remote = fold_remote(beliefs, reduced(), source_name=self.config.source.name)
-        return None if stopped else (folded, remote, present_blocked)
+        return None if stopped else (folded, remote, present_blocked, digest.hexdigest())
 
     # --- status reconciliation -----------------------------------------------------------
 
@@ -488,6 +593,25 @@ class Engine:
         return {k: v for k, v in delta.items() if v}, after[1] - before[1]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Listed:
+    """What a full pass's listing yields."""
+
+    beliefs: dict[str, InputRecord]  # as the ledger held them before the listing
+    folded: dict[str, InputRecord]  # the same with the listing folded in
+    remote: RemoteReport  # what the listing taught
+    present_blocked: set[str]  # the blocked ids the remote still lists
+    digest: str  # quickcheck.ListingDigest of the whole listing
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _QuickCheck:
+    walk: quickcheck.Walk
+    fingerprint: str
+    marker: dict[str, Any] | None  # as found at the start of the pass
+    in_step: bool  # the walk matches the ledger's in-step marker
+
+
 class _Listing:
     """The remote listing of one pass, run on its own thread while the main thread scans.
 
@@ -495,23 +619,22 @@ class _Listing:
     stop after the record in hand and waits for the thread, so none outlives the pass.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        beliefs: Mapping[str, InputRecord],
-        blocked: Mapping[str, str],
-        *,
-        enabled: bool,
-    ) -> None:
+    def __init__(self, engine: Engine, blocked: Mapping[str, str], *, enabled: bool) -> None:
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         if enabled:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-list")
-            self._future = self._pool.submit(engine.list_remote, beliefs, blocked, self._stop)
+            self._future = self._pool.submit(self._run, engine, blocked)
 
-    def result(self) -> tuple[dict[str, InputRecord], RemoteReport, set[str]] | None:
-        """The listing's outcome (None when disabled); re-raises what the listing raised."""
+    def _run(self, engine: Engine, blocked: Mapping[str, str]) -> _Listed | None:
+        beliefs = engine.ledger.inputs()
+        listed = engine.list_remote(beliefs, blocked, self._stop)
+        return None if listed is None else _Listed(beliefs, *listed)
+
+    def result(self) -> _Listed | None:
+        """(beliefs before, beliefs folded, what the listing taught, blocked ids present), or
+        None when disabled; re-raises what the listing raised."""
         return None if self._future is None else self._future.result()
 
     def __enter__(self) -> _Listing:
@@ -536,14 +659,49 @@ def open_engine(
         moved = Ledger.move_aside(config.ledger.path)
         if moved is not None:
             log.warning("ledger_moved_aside", path=str(moved))
+    check_api_key(key.value, key.source)
     ledger = Ledger.open(config.ledger.path)
     try:
         ledger.check_identity(source_name=config.source.name, remote=remote_identity(config))
-        api = api_for(config, key)
     except BaseException:
         ledger.close()
         raise
-    return Engine(config, ledger, api, explain=explain, progress=progress)
+    return Engine(config, ledger, LazyApi(config, key), explain=explain, progress=progress)
+
+
+class LazyApi:
+    """The API client for `config`, built on first use.
+
+    A pass that sends nothing (a quick check that finds the tree in step, a `--local` pass
+    with nothing to do) then never imports the HTTP stack: ~50 ms of a ~0.5 s start-up.
+    """
+
+    def __init__(self, config: Config, key: ApiKey) -> None:
+        self._config = config
+        self._key = key
+        self._api: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._api is None:
+                from syncd.api import api_for  # noqa: PLC0415 - the point of this class
+
+                self._api = api_for(self._config, self._key)
+            return self._api
+
+    @property
+    def stats(self) -> Any:
+        """The client's counters; None while there is no client (no request was sent)."""
+        return None if self._api is None else self._api.stats
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
 
 
 def remote_identity(config: Config) -> str:

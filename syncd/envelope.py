@@ -9,9 +9,13 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
+
+from syncd.errors import ConfigError
 
 MAX_RETRY_AFTER = 600.0  # a Retry-After beyond ten minutes is clamped
 COUNT_FIELDS = (
@@ -213,3 +217,77 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 # --- results --------------------------------------------------------------------------------
+
+
+# --- limits and records shared by the client and the engine -----------------------------
+
+MAX_BATCH = 128  # inputs per POST/PATCH, ids per DELETE
+MAX_IDS_PER_LIST = 128  # ids per filtered list request
+MAX_QUERY_CHARS = 6000  # keep filtered list URLs well below common 8 KiB limits
+MAX_PER_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome for one input of a POST or PATCH, matched back by id."""
+
+    input_id: str
+    code: int
+    description: str
+    details: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code in ITEM_OK_CODES
+
+    @property
+    def duplicate(self) -> bool:
+        """The id already exists remotely (possibly from an earlier attempt of this request)."""
+        if self.details == DUPLICATE_ID_DETAILS or self.code == 40010:
+            return True
+        return any(DUPLICATE_ID_PATTERN.search(t) for t in (self.details, self.description))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRecord:
+    """One input as the remote lists it (raw `data`)."""
+
+    input_id: str
+    data: dict[str, Any]
+    status_code: int | None
+    status_description: str
+    created_at: str | None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RemoteRecord:
+        status = raw.get("status") if isinstance(raw.get("status"), dict) else {}
+        data = raw.get("data")
+        created = raw.get("created_at")
+        return cls(
+            str(raw.get("id") or ""),
+            data if isinstance(data, dict) else {},
+            parse_code(status.get("code")),
+            str(status.get("description") or ""),
+            str(created) if created else None,
+        )
+
+
+def chunk_ids(ids: Sequence[str], size: int) -> Iterator[list[str]]:
+    """Distinct ids in order, in chunks of at most `size` whose query stays short."""
+    chunk: list[str] = []
+    chars = 0
+    for input_id in dict.fromkeys(ids):
+        cost = len(quote(input_id, safe="")) + len("&ids=")
+        if chunk and (len(chunk) >= size or chars + cost > MAX_QUERY_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(input_id)
+        chars += cost
+    if chunk:
+        yield chunk
+
+
+def check_api_key(api_key: str, key_source: str) -> None:
+    """Refuse an empty key or one with whitespace (a pasted line break, say) before use."""
+    if not api_key or len(api_key.split()) != 1 or api_key != api_key.strip():
+        raise ConfigError(f"the API key from {key_source} is empty or contains whitespace")

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from syncd.api import ItemResult, RemoteRecord
 from syncd.batcher import batches
+from syncd.envelope import ItemResult, RemoteRecord
 from syncd.errors import AuthError, RejectedError, TransientError
 from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
 from syncd.planner import state_for_code

@@ -45,6 +45,7 @@ from sqlite_utils.migrations import Migrations
 
 from syncd.errors import LedgerError, LedgerLocked
 from syncd.model import FileStat, InputRecord, InputState, Labels
+from syncd.quickcheck import stat_line
 from syncd.scanner import FileRecord, KnownFile
 
 log = structlog.get_logger(__name__)
@@ -137,6 +138,27 @@ def _initial(db: Database) -> None:
         not_null=["kind", "started_at"],
         strict=True,
     )
+
+
+#: Meta key of the in-step marker (see syncd/quickcheck.py). Any write to the files, inputs
+#: or (other) meta rows deletes it, by trigger, so it can only describe the ledger as it is.
+IN_STEP_KEY = "in_step"
+
+
+@_migration("0002_in_step_marker")
+def _in_step_marker(db: Database) -> None:
+    # the in-step check counts inputs by state; so does every status poll
+    db["inputs"].create_index(["state"])
+    # SQLite has no statement-level triggers: these run per row, a primary-key delete each
+    # (~1 us), on writes only
+    for table in ("files", "inputs", "meta"):
+        when = f"WHEN {{row}}.key <> '{IN_STEP_KEY}' " if table == "meta" else ""
+        for event, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+            db.execute(
+                f"CREATE TRIGGER {table}_{event.lower()}_clears_in_step AFTER {event} ON {table} "
+                f"{when.format(row=row)}"
+                f"BEGIN DELETE FROM meta WHERE key = '{IN_STEP_KEY}'; END"
+            )
 
 
 SCHEMA_VERSION = len(_MIGRATION_NAMES)
@@ -368,6 +390,35 @@ class Ledger:
                 ).rowcount
         conn.execute("DELETE FROM temp.seen_paths")
         return deleted
+
+    def clean_file_lines(self) -> list[str] | None:
+        """Every cached file as a sorted `quickcheck.stat_line`, when every row is clean (a
+        complete stat, a trusted hash, no error); None when any is not."""
+        with self._reading() as conn:
+            total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+            rows = conn.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode FROM files "
+                "WHERE trusted = 1 AND error IS NULL AND sha256 IS NOT NULL "
+                "AND size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
+                "AND inode IS NOT NULL"
+            ).fetchall()
+        if len(rows) != total:
+            return None
+        return sorted(stat_line(_path_out(p), s, m, c, i) for p, s, m, c, i in rows)
+
+    def in_step_marker(self) -> dict[str, Any] | None:
+        """The marker the last clean pass left, if no write has happened since."""
+        raw = self.get_meta(IN_STEP_KEY)
+        if raw is None:
+            return None
+        try:
+            marker = json.loads(raw)
+        except ValueError:
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def set_in_step_marker(self, marker: Mapping[str, Any]) -> None:
+        self.set_meta(IN_STEP_KEY, json.dumps(dict(marker), sort_keys=True))
 
     def file_errors(self) -> list[tuple[str, str]]:
         """(path, error) of every cached file that could not be read, sorted by path."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.api import RemoteRecord
+from syncd.envelope import RemoteRecord
 from syncd.model import Labels, Marker, RemoteInput, canonical_json, normalize_metadata
 
 

@@ -32,6 +32,7 @@ class SyncReport:
 
     dry_run: bool = False
     local_only: bool = False
+    quick_check: bool = False  # the quick check found the tree in step: nothing was scanned
     files_seen: int = 0
     files_hashed: int = 0
     bytes_hashed: int = 0

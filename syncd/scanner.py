@@ -132,8 +132,8 @@ def scan(
     walker = _Scan(
         os.fspath(root),
         source_name=source_name,
-        include=_Patterns(include),
-        exclude=_Patterns(exclude),
+        include=Patterns(include),
+        exclude=Patterns(exclude),
         labels_from_dirs=labels_from_dirs,
         follow_symlinks=follow_symlinks,
         max_file_bytes=max_file_bytes,
@@ -148,7 +148,7 @@ def scan(
     return walker.result(snapshot, time.monotonic() - started)
 
 
-class _Patterns:
+class Patterns:
     """Glob patterns matched case-insensitively against one name (a path component).
 
     One joined fnmatch regex: measured at ~0.15 us per name, cheaper than any shortcut
@@ -198,8 +198,8 @@ class _Scan:
     def __init__(self, root: str, **options: Any) -> None:
         self.root = root
         self.source_name: str = options["source_name"]
-        self.include: _Patterns = options["include"]
-        self.exclude: _Patterns = options["exclude"]
+        self.include: Patterns = options["include"]
+        self.exclude: Patterns = options["exclude"]
         self.labels_from_dirs: bool = options["labels_from_dirs"]
         self.follow: bool = options["follow_symlinks"]
         self.max_file_bytes: int = options["max_file_bytes"]

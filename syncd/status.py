@@ -9,7 +9,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.api import api_for
 from syncd.config import Config, resolve_api_key
 from syncd.errors import ApiError, ConfigError
 from syncd.ledger import Ledger
@@ -52,6 +51,8 @@ def _remote_counts(config: Config) -> dict[str, Any]:
         key = resolve_api_key(config)
     except ConfigError as exc:
         return {"error": str(exc)}
+    from syncd.api import api_for  # noqa: PLC0415 - requests only when the remote is asked
+
     api = api_for(config, key, workers=1, max_attempts=2)
     try:
         return dict(api.input_counts())

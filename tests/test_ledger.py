@@ -156,7 +156,10 @@ def test_open_creates_schema_in_wal_mode(db_path: Path) -> None:
         assert {"files", "inputs", "passes", "meta", "_sqlite_migrations"} <= tables
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         migrations = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-        assert migrations == [("syncd-ledger", "0001_initial")]
+        assert migrations == [
+            ("syncd-ledger", "0001_initial"),
+            ("syncd-ledger", "0002_in_step_marker"),
+        ]
         index_cols = [r[2] for r in conn.execute("PRAGMA index_info('idx_inputs_path')")]
         assert index_cols == ["path"]
     finally:
@@ -175,7 +178,7 @@ def test_reopen_keeps_data_and_applies_nothing_twice(db_path: Path) -> None:
         assert ledger.get_meta("k") == "v"
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 2
     finally:
         conn.close()
 

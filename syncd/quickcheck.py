@@ -1,0 +1,345 @@
+"""The quick check: is the folder exactly as the last clean pass left it?
+
+Proving that an unchanged tree needs nothing the slow way (reading every sidecar, loading every
+belief, planning) costs ~20x a `find`. So a pass that ends in step (it planned nothing, held and
+skipped nothing, and left nothing pending, see `Engine`) leaves an *in-step marker* in the
+ledger, and the next pass first walks the tree with `stat` only:
+
+- every image's (size, mtime, ctime, inode) must equal its ledger row, and every row must be
+  clean (a trusted hash, no error): the same test the scanner uses to reuse a hash;
+- a digest of every sidecar's path and stat must equal the marker's;
+- a fingerprint of the settings that shape the plan must equal the marker's.
+
+The ledger deletes the marker (by trigger) on any write to its files, inputs or meta, so the
+beliefs it vouches for are exactly those in the ledger now. When everything matches, a full scan
+would build the same snapshot and the planner the same empty plan. Anything this walk does not
+model exactly (a symlink to follow, an unreadable folder, a special file with an image name, a
+timestamp inside the racy window) answers "don't know", and the full pass runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import marshal
+import os
+import re
+import stat as statmod
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from syncd import __version__
+from syncd.config import Config
+from syncd.scanner import RACY_WINDOW_NS
+from syncd.sidecar import SIDECAR_EXTENSIONS
+
+#: Bumped when what the marker means changes: an old marker is then simply not trusted.
+MARKER_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Walk:
+    """What a stat-only walk found: one line per image and per sidecar (relative path and
+    stat), each list sorted, and a digest of both.
+
+    `settled` is False when a sidecar changed within the racy window: its stat then proves
+    nothing about its bytes, and no marker may be built from this walk.
+    """
+
+    images: list[str]
+    sidecars: list[str]
+    settled: bool
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for lines in (self.images, self.sidecars):
+            h.update("\n".join(lines).encode("utf-8", "surrogateescape"))
+            h.update(b"\n\0\n")
+        return h.hexdigest()
+
+
+def stat_line(rel: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    """One file as the walk and the marker spell it."""
+    return f"{rel}\0{size} {mtime_ns} {ctime_ns} {inode}"
+
+
+def fingerprint(config: Config) -> str:
+    """A digest of everything besides the files and the ledger that shapes the plan."""
+    src, remote = config.source, config.remote
+    shaping = {
+        "syncd": __version__,
+        "format": MARKER_FORMAT,
+        "root": os.fspath(src.root),
+        "name": src.name,
+        "include": list(src.include),
+        "exclude": list(src.exclude),
+        "labels_from_dirs": src.labels_from_dirs,
+        "follow_symlinks": src.follow_symlinks,
+        "url_base": src.url_base,
+        "max_file_bytes": config.sync.max_file_bytes,
+        "remote": [remote.api_base.rstrip("/"), remote.user_id, remote.app_id, remote.dataset_id],
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Walk | None:
+    """Stat every image and sidecar under the root as the scanner would see them, or None
+    when the tree holds anything this walk does not model exactly."""
+    return begin_walk(config, now_ns=now_ns, fork=fork).result()
+
+
+class WalkInProgress:
+    """A walk begun by `begin_walk`: part of it may be running in a forked child."""
+
+    def __init__(
+        self, walker: _Walker | None, mine: list[tuple[str, str]], child: _Child | None
+    ) -> None:
+        self._walker = walker
+        self._mine = mine
+        self._child = child
+
+    def result(self) -> Walk | None:
+        """Walk this process's part, collect the child's, and merge; call once."""
+        walker, child = self._walker, self._child
+        if walker is None:
+            return None
+        ok = walker.walk(self._mine, descend=True)
+        found = None if child is None else child.collect()
+        if not ok or (child is not None and found is None):
+            return None
+        if found is not None:
+            walker.absorb(*found)
+        walker.images.sort()
+        walker.sidecars.sort()
+        return Walk(walker.images, walker.sidecars, walker.settled)
+
+
+def begin_walk(
+    config: Config, *, now_ns: int | None = None, fork: bool = True, split: bool = True
+) -> WalkInProgress:
+    """Start the walk: list the root, then, when this process is single-threaded, fork a
+    child that walks half of the root's sub-folders (`split`) or all of them.
+
+    The walk is Python work per file: a second core halves it (`split`), or takes all of it
+    off a process that has other work meanwhile (a full pass parses the remote listing).
+    """
+    src = config.source
+    if src.follow_symlinks:
+        return WalkInProgress(None, [], None)  # loops, targets outside the root: the scanner's
+    root = os.fspath(src.root)
+    try:
+        if not statmod.S_ISDIR(os.stat(root).st_mode):
+            return WalkInProgress(None, [], None)
+    except OSError:
+        return WalkInProgress(None, [], None)
+    walker = _Walker(
+        _classifier(src.include, src.exclude),
+        (time.time_ns() if now_ns is None else now_ns) - RACY_WINDOW_NS,
+    )
+    if not walker.walk([("", root)], descend=False):
+        return WalkInProgress(None, [], None)
+    subdirs, walker.subdirs = walker.subdirs, []
+    theirs = (subdirs[1::2] if split else subdirs) if fork and _can_fork() else []
+    child = _fork_walker(walker, theirs) if theirs else None
+    mine = subdirs if child is None else (subdirs[0::2] if split else [])
+    return WalkInProgress(walker, mine, child)
+
+
+class _Walker:
+    """The lines found so far by one process's part of the walk."""
+
+    def __init__(self, classify: Callable[[str], Any], racy_from: int) -> None:
+        self.classify = classify
+        self.racy_from = racy_from
+        self.images: list[str] = []
+        self.sidecars: list[str] = []
+        self.settled = True
+        self.subdirs: list[tuple[str, str]] = []
+
+    def walk(self, start: list[tuple[str, str]], *, descend: bool) -> bool:
+        """Walk these (relative, absolute) folders, and below them if `descend` (otherwise
+        their sub-folders are left in `subdirs`); False when the tree holds anything the quick
+        walk does not model."""
+        classify, images = self.classify, self.images
+        stack = list(start)
+        pending = stack if descend else self.subdirs
+        try:
+            while stack:
+                rel_dir, abs_dir = stack.pop()
+                prefix = f"{rel_dir}/" if rel_dir else ""
+                with os.scandir(abs_dir) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        match = classify(name)
+                        kind = None if match is None else match.lastgroup
+                        if kind == "excluded":
+                            continue
+                        # d_type answers these without a system call; a symlink is neither
+                        if not entry.is_file(follow_symlinks=False):
+                            if entry.is_dir(follow_symlinks=False):
+                                pending.append((prefix + name, entry.path))
+                            elif kind is not None and not entry.is_symlink():
+                                return False  # a special file with an image name: "skipped"
+                            continue  # symlinks are skipped by the scanner, silently
+                        if kind == "image":
+                            st = entry.stat(follow_symlinks=False)
+                            images.append(
+                                f"{prefix}{name}\0{st.st_size} {st.st_mtime_ns} "
+                                f"{st.st_ctime_ns} {st.st_ino}"
+                            )  # stat_line, inlined: this loop runs once per file
+                        elif kind == "sidecar":
+                            self._sidecar(prefix + name, entry.stat(follow_symlinks=False))
+        except OSError:
+            return False  # unreadable or vanishing mid-walk: the full scan says what and where
+        return True
+
+    def _sidecar(self, rel: str, st: os.stat_result) -> None:
+        self.sidecars.append(stat_line(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= self.racy_from:
+            self.settled = False
+
+    def absorb(self, images: list[str], sidecars: list[str], settled: bool) -> None:
+        self.images.extend(images)
+        self.sidecars.extend(sidecars)
+        self.settled = self.settled and settled
+
+
+def _can_fork() -> bool:
+    # never with other threads running (the daemon's): a forked child holds only the calling
+    # thread, and locks other threads held stay locked in it
+    return hasattr(os, "fork") and hasattr(os, "memfd_create") and threading.active_count() == 1
+
+
+class _Child:
+    """A forked process walking some folders; its lines come back through a memfd."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+
+    def collect(self) -> tuple[list[str], list[str], bool] | None:
+        """Wait for the child; its (images, sidecars, settled), or None if its walk failed."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                return None
+            size = os.fstat(self.fd).st_size
+            data = os.pread(self.fd, size, 0)
+            while len(data) < size:
+                data += os.pread(self.fd, size - len(data), len(data))
+            found = marshal.loads(data)
+            return found if isinstance(found, tuple) else None
+        finally:
+            os.close(self.fd)
+
+
+def _fork_walker(walker: _Walker, folders: list[tuple[str, str]]) -> _Child | None:
+    try:
+        fd = os.memfd_create("syncd-quickcheck", os.MFD_CLOEXEC)
+    except OSError:
+        return None  # no memfd here (seccomp, old kernel): walk everything in this process
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(fd)
+        return None
+    if pid:
+        return _Child(pid, fd)
+    code = 1  # the child: walk, write, and leave without running any of the parent's exit code
+    try:
+        # only what the child finds goes back: the parent keeps what it found before the fork
+        walker.images, walker.sidecars, walker.settled = [], [], True
+        if walker.walk(folders, descend=True):
+            data = marshal.dumps((walker.images, walker.sidecars, walker.settled))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            code = 0
+    finally:
+        os._exit(code)
+
+
+class ListingDigest:
+    """A digest of the remote's whole listing, page by page, as the remote sent it.
+
+    Each page's input objects are re-encoded exactly as parsed (not canonicalised): equal
+    digests mean the remote listed the very same inputs, labels, metadata and statuses. The
+    envelope around them (with its per-request `req_id`) is left out.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def update(self, items: list[dict[str, Any]]) -> None:
+        self._hash.update(self._encode(items).encode("utf-8", "surrogatepass"))
+        self._hash.update(b"\n")
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def in_step(walk: Walk, marker: Mapping[str, Any] | None, fingerprint_: str) -> bool:
+    """Whether the tree `walk` saw is the one the marker describes."""
+    return (
+        marker is not None
+        and marker.get("format") == MARKER_FORMAT
+        and marker.get("config") == fingerprint_
+        and marker.get("digest") == walk.digest
+    )
+
+
+def marker_for(
+    walk: Walk,
+    fingerprint_: str,
+    ledger_files: list[str],
+    *,
+    remote: tuple[str, int | None] | None = None,
+) -> dict[str, Any] | None:
+    """The marker for a pass that ended in step, or None when the ledger's file rows
+    (`ledger_files`: clean rows as sorted stat lines) are not exactly what the walk saw.
+
+    `remote` is (listing digest, foreign inputs) when a listing of the remote was folded into
+    the beliefs this marker vouches for: a full pass may then skip its fold while the listing
+    stays the same.
+    """
+    if not walk.settled or ledger_files != walk.images:
+        return None
+    marker: dict[str, Any] = {
+        "format": MARKER_FORMAT,
+        "config": fingerprint_,
+        "digest": walk.digest,
+        "images": len(walk.images),
+    }
+    if remote is not None:
+        marker["remote"], marker["foreign"] = remote
+    return marker
+
+
+def remote_of(marker: Mapping[str, Any] | None) -> tuple[str, int | None] | None:
+    """(listing digest, foreign inputs) the marker vouches for, if any."""
+    if marker is None or not isinstance(marker.get("remote"), str):
+        return None
+    foreign = marker.get("foreign")
+    return marker["remote"], foreign if isinstance(foreign, int) else None
+
+
+def _classifier(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str], Any]:
+    """One regex naming what a file name is to the scanner: `excluded` (checked first),
+    `sidecar` (by extension, case-sensitive), `image` (include patterns); no match: neither.
+    One match per name instead of three: this runs once per file of the tree."""
+    parts = []
+    for group, patterns in (("excluded", exclude), ("image", include)):
+        joined = "|".join(fnmatch.translate(p) for p in patterns)
+        if joined:
+            parts.append((group, f"(?i:{joined})"))
+    sidecar = "|".join(re.escape(ext) for ext in SIDECAR_EXTENSIONS)
+    parts.insert(
+        1 if parts and parts[0][0] == "excluded" else 0, ("sidecar", f".*(?:{sidecar})\\Z")
+    )
+    return re.compile("|".join(f"(?P<{g}>{p})" for g, p in parts), re.DOTALL).match

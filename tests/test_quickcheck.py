@@ -1,0 +1,466 @@
+"""The quick check (syncd/quickcheck.py): a stat-only walk that lets an unchanged tree skip the
+scan, and an unchanged remote listing skip the fold.
+
+Its whole value rests on one promise: it answers "in step" only when a full pass would plan
+nothing. So besides the walk itself (on real folders, in one process and forked in two), the
+tests here change the tree, the sidecars, the config, the ledger and the remote one way at a
+time and check that each change sends the next pass down the full path, with the operations
+a full pass plans, against the emulator over HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    KEY_ENV,
+    REPO,
+    Site,
+    Traffic,
+    api_call,
+    concepts_of,
+    make_site,
+    open_site_engine,
+    remote_inputs,
+    run_syncd,
+    site_config,
+    wait_until,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd import quickcheck
+from syncd.config import load_config
+from syncd.emulator import Emulator
+from syncd.ledger import IN_STEP_KEY, Ledger
+from syncd.model import InputRecord, InputState, Labels
+from syncd.report import PassOptions, SyncReport
+from syncd.sample import png_bytes
+from syncd.scanner import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FileRecord, Patterns
+from syncd.sidecar import is_sidecar_name
+
+RACY_WINDOW = 2.0  # seconds: the scanner (and the quick check) distrust younger timestamps
+
+
+def wait_out_racy_window(root: Path) -> None:
+    """Block until every file's ctime is outside the racy window: a condition on the files'
+    own timestamps (which os.utime cannot move back), not a guess."""
+    stamps = [p.stat().st_ctime for p in root.rglob("*") if p.is_file()]
+    newest = max(stamps, default=0.0)
+    while time.time() < newest + RACY_WINDOW + 0.05:
+        time.sleep(min(0.1, max(0.0, newest + RACY_WINDOW + 0.05 - time.time())))
+
+
+# --- the walk -----------------------------------------------------------------------------------
+
+
+@given(st.text(alphabet="abJjPpGgNnOoSsTtXx.~-_ ", min_size=1, max_size=12))
+def test_classifier_agrees_with_the_scanner(name: str) -> None:
+    """One regex answers what the scanner's three checks answer, for any name."""
+    include, exclude = Patterns(DEFAULT_INCLUDE), Patterns(DEFAULT_EXCLUDE)
+    if exclude.match_name(name):
+        want: str | None = "excluded"
+    elif is_sidecar_name(name):
+        want = "sidecar"
+    elif include.match_name(name):
+        want = "image"
+    else:
+        want = None
+    match = quickcheck._classifier(DEFAULT_INCLUDE, DEFAULT_EXCLUDE)(name)
+    assert (None if match is None else match.lastgroup) == want
+
+
+def _tree(root: Path) -> None:
+    """Images, sidecars and everything the scanner skips, over nested folders."""
+    for d in range(6):
+        for i in range(5):
+            (root / f"d{d}" / f"sub{i % 2}").mkdir(parents=True, exist_ok=True)
+            (root / f"d{d}" / f"sub{i % 2}" / f"img{i}.png").write_bytes(b"x" * (i + d))
+    (root / "top.JPG").write_bytes(b"top")
+    (root / "top.json").write_text("{}")
+    (root / "d0" / "notes.txt").write_text("a sidecar by name")
+    (root / "d0" / "readme.md").write_text("not an image")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "secret.png").write_bytes(b"excluded folder")
+    (root / "d1" / "draft.png~").write_bytes(b"excluded name")
+    (root / "folder.png").mkdir()  # a folder with an image's name is walked as a folder
+    (root / "folder.png" / "inner.webp").write_bytes(b"inner")
+    (root / "d2" / "link.png").symlink_to(root / "top.JPG")  # symlinks are not followed
+    os.mkdir(os.fsencode(root / "d3") + b"/caf\xe9")  # a name that is not UTF-8
+    (Path(os.fsdecode(os.fsencode(root / "d3") + b"/caf\xe9")) / "x.png").write_bytes(b"bytes")
+
+
+def _config(tmp_path: Path, root: Path, **source: Any) -> Any:
+    return load_config(
+        site_config(tmp_path, root, "http://127.0.0.1:9", source_opts=source or None)
+    )
+
+
+def _expected_lines(root: Path) -> tuple[list[str], list[str]]:
+    """What the walk should find, computed independently with os.walk and the scanner's
+    rules."""
+    include, exclude = Patterns(DEFAULT_INCLUDE), Patterns(DEFAULT_EXCLUDE)
+    images, sidecars = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not exclude.match_name(d)]
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if exclude.match_name(name) or os.path.islink(path):
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            s = os.lstat(path)
+            line = quickcheck.stat_line(rel, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+            if is_sidecar_name(name):
+                sidecars.append(line)
+            elif include.match_name(name):
+                images.append(line)
+    return sorted(images), sorted(sidecars)
+
+
+def test_walk_sees_what_the_scanner_sees(tmp_path: Path) -> None:
+    """Images and sidecars by relative path and stat; excluded names and folders, symlinks
+    and other files left out; names that are not UTF-8 kept (surrogate-escaped)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _tree(root)
+    walk = quickcheck.walk(_config(tmp_path, root), fork=False)
+    assert walk is not None
+    assert (walk.images, walk.sidecars) == _expected_lines(root)
+    assert len(walk.images) == 6 * 5 + 1 + 1 + 1  # d*/sub*, top.JPG, folder.png/inner, café
+    assert any("\udce9" in line for line in walk.images)
+
+
+def test_forked_walk_equals_the_single_process_walk(tmp_path: Path) -> None:
+    """`syncd reconcile` runs single-threaded, so its walk forks a child for half of the
+    folders: in a real child process, the merged result is the same walk."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _tree(root)
+    config = _config(tmp_path, root)
+    assert config.config_path is not None
+    script = (
+        "import json, sys, threading\n"
+        "from pathlib import Path\n"
+        "from syncd import quickcheck\n"
+        "from syncd.config import load_config\n"
+        "assert threading.active_count() == 1\n"
+        "assert quickcheck._can_fork()\n"
+        "w = quickcheck.walk(load_config(Path(sys.argv[1])), fork=True)\n"
+        "print(json.dumps([w.digest, len(w.images), len(w.sidecars), w.settled]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(config.config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    single = quickcheck.walk(config, fork=False)
+    assert single is not None
+    assert json.loads(out.stdout) == [
+        single.digest,
+        len(single.images),
+        len(single.sidecars),
+        single.settled,
+    ]
+
+
+def test_walk_gives_up_on_what_it_does_not_model(tmp_path: Path) -> None:
+    """Followed symlinks, a missing root, and a special file with an image name: None (the
+    full scan then runs and reports them)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"a")
+    assert quickcheck.walk(_config(tmp_path, root), fork=False) is not None
+    assert quickcheck.walk(_config(tmp_path, root, follow_symlinks=True), fork=False) is None
+    assert quickcheck.walk(_config(tmp_path, tmp_path / "missing"), fork=False) is None
+    os.mkfifo(root / "pipe.png")
+    assert quickcheck.walk(_config(tmp_path, root), fork=False) is None
+
+
+def test_a_fresh_sidecar_makes_the_walk_unsettled(tmp_path: Path) -> None:
+    """A sidecar changed within the racy window proves nothing by its stat: no marker may be
+    built from that walk."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"a")
+    (root / "a.json").write_text("{}")
+    config = _config(tmp_path, root)
+    now = time.time_ns()
+    fresh = quickcheck.walk(config, now_ns=now, fork=False)
+    later = quickcheck.walk(config, now_ns=now + 3 * 10**9, fork=False)
+    assert fresh is not None and later is not None
+    assert not fresh.settled and later.settled
+    assert quickcheck.marker_for(fresh, "fp", fresh.images) is None
+    assert quickcheck.marker_for(later, "fp", later.images) is not None
+    assert quickcheck.marker_for(later, "fp", later.images[:-1]) is None  # rows differ
+
+
+# --- the ledger's marker ------------------------------------------------------------------------
+
+
+def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) -> None:
+    """The triggers: the marker can only describe the ledger as it is now."""
+    record = InputRecord("i1", "a.png", InputState.PROCESSED, "ab" * 32, Labels(), 30000, "", None)
+    writes = [
+        lambda ledger: ledger.record_files(
+            [FileRecord("a.png", None, None, False, "x")], scope=None
+        ),
+        lambda ledger: ledger.put_inputs([record]),
+        lambda ledger: ledger.set_input_states([("i1", InputState.FAILED, 1, "d", "e")]),
+        lambda ledger: ledger.drop_inputs(["i1"]),
+        lambda ledger: ledger.set_meta("blocked_ids", "{}"),
+    ]
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        ledger.put_inputs([record])
+        for write in writes:
+            ledger.set_in_step_marker({"format": 1})
+            assert ledger.in_step_marker() == {"format": 1}
+            write(ledger)
+            assert ledger.in_step_marker() is None
+            assert ledger.get_meta(IN_STEP_KEY) is None
+        # the pass log is not what the marker vouches for
+        ledger.set_in_step_marker({"format": 1})
+        ledger.finish_pass(ledger.start_pass("reconcile"), summary={}, exit_code=0)
+        assert ledger.in_step_marker() == {"format": 1}
+
+
+# --- passes against the emulator ----------------------------------------------------------------
+
+
+def _site(tmp_path: Path, emu: Emulator, **source: Any) -> Site:
+    site = make_site(tmp_path, emu, source_opts=source or None)
+    for i in range(12):
+        site.image(f"c{i % 3}/img{i}.png", seed=i, concepts={"cat": i % 2 == 0}, metadata={"n": i})
+    site.image("plain/solo.png", seed=99)
+    return site
+
+
+def _pass(site: Site, *, quick: bool = True, **options: Any) -> SyncReport:
+    engine = open_site_engine(site)
+    engine.quick_check = quick
+    try:
+        return engine.sync_once(PassOptions(**options))
+    finally:
+        engine.close()
+
+
+def _in_step_site(tmp_path: Path, emu: Emulator, **source: Any) -> Site:
+    """A site synced, at rest, and passed over once more so that it carries a marker with
+    the remote's listing."""
+    site = _site(tmp_path, emu, **source)
+    assert _pass(site).exit_code == 0
+    wait_out_racy_window(site.root)
+    second = _pass(site)  # trusts the hashes now, ends in step: leaves the marker
+    assert second.exit_code == 0 and not second.planned
+    with site.open_ledger() as ledger:
+        marker = ledger.in_step_marker()
+    assert marker is not None and "remote" in marker
+    return site
+
+
+def _ops(report: SyncReport) -> list[tuple[str, str]]:
+    return sorted((op.kind.value, op.path) for op in report.planned)
+
+
+def test_an_unchanged_tree_and_remote_take_the_quick_path(
+    tmp_path: Path, emu: Emulator, traffic: Traffic
+) -> None:
+    """In step: a local pass sends nothing and hashes nothing; a full pass only lists the
+    remote (one page here) and reports what the full path would."""
+    site = _in_step_site(tmp_path, emu)
+    slow = _pass(site, quick=False, dry_run=True)
+    traffic.clear()
+    local = _pass(site, local_only=True)
+    assert local.quick_check and local.exit_code == 0
+    assert (local.files_seen, local.files_hashed, local.planned) == (13, 0, [])
+    assert traffic.kinds() == []
+    full = _pass(site)
+    assert full.quick_check and full.exit_code == 0
+    assert traffic.kinds() == ["ListInputs"]
+    same = ("files_seen", "foreign", "pending", "failed", "held", "planned", "drifted")
+    assert {k: getattr(full, k) for k in same} == {k: getattr(slow, k) for k in same}
+
+
+def _touch_content(site: Site) -> None:
+    path = site.root / "c0" / "img0.png"
+    data = bytearray(path.read_bytes())
+    data[-13] ^= 1  # a byte inside the IEND chunk's CRC: same size, other bytes
+    path.write_bytes(bytes(data))
+
+
+CHANGES = {
+    "image bytes": (_touch_content, [("delete", "c0/img0.png")]),
+    "new image": (lambda s: s.image("c1/new.png", seed=50), [("add", "c1/new.png")]),
+    "image removed": (
+        lambda s: (s.root / "plain/solo.png").unlink(),
+        [("delete", "plain/solo.png")],
+    ),
+    "image renamed": (
+        lambda s: (s.root / "plain/solo.png").rename(s.root / "plain/moved.png"),
+        [("add", "plain/moved.png"), ("delete", "plain/solo.png")],
+    ),
+    "sidecar edited": (
+        lambda s: (s.root / "c1/img1.json").write_text(json.dumps({"concepts": {"dog": True}})),
+        [("patch", "c1/img1.png")],
+    ),
+    "sidecar added": (
+        lambda s: (s.root / "plain/solo.json").write_text(json.dumps({"metadata": {"k": 1}})),
+        [("patch", "plain/solo.png")],
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_every_local_change_takes_the_full_path(tmp_path: Path, emu: Emulator, change: str) -> None:
+    """After any change to images or sidecars (even one keeping sizes and names), neither a
+    local nor a full pass is quick, and the pass plans what a full pass plans."""
+    site = _in_step_site(tmp_path, emu)
+    apply, want = CHANGES[change]
+    apply(site)
+    slow = _pass(site, quick=False, dry_run=True, local_only=True)
+    local = _pass(site, dry_run=True, local_only=True)
+    assert not local.quick_check
+    assert _ops(local) == _ops(slow) == want
+    full = _pass(site)
+    assert not full.quick_check and full.exit_code == 0
+    assert _ops(full) == want
+
+
+def test_a_config_change_takes_the_full_path(tmp_path: Path, emu: Emulator) -> None:
+    """Settings that shape the plan are part of the marker: turning on folder labels
+    relabels every image although no file changed."""
+    site = _in_step_site(tmp_path, emu)
+    text = site.config.read_text()
+    site.config.write_text(text.replace("[source]\n", "[source]\nlabels_from_dirs = true\n", 1))
+    report = _pass(site)
+    assert not report.quick_check
+    assert {op.kind.value for op in report.planned} == {"patch"}
+    assert len(report.planned) == 13
+
+
+def test_a_remote_change_by_someone_else_takes_the_full_path(tmp_path: Path, emu: Emulator) -> None:
+    """The listing's digest changes when another client relabels one of our inputs or adds
+    its own: the full pass then folds the listing, sees the drift and the foreign input."""
+    site = _in_step_site(tmp_path, emu)
+    victim = site.input_id("c2/img2.png")
+    api_call(
+        emu,
+        "PATCH",
+        {"action": "merge", "inputs": [{"id": victim, "data": {"concepts": [{"id": "owl"}]}}]},
+    )
+    local = _pass(site, local_only=True)
+    assert local.quick_check  # a local pass does not look at the remote
+    full = _pass(site)
+    assert not full.quick_check
+    assert full.drifted == [victim]
+    assert _ops(full) == [("patch", "c2/img2.png")]
+    assert "owl" not in concepts_of(remote_inputs(emu)[victim])
+
+    api_call(
+        emu,
+        "POST",
+        {"inputs": [{"id": "someone-elses", "data": {"image": {"base64": _png_b64()}}}]},
+    )
+    wait_until(
+        lambda: remote_inputs(emu)["someone-elses"]["status"]["code"] == 30000,
+        timeout=10,
+        what="the foreign input processed",
+    )
+    before = _pass(site)
+    assert not before.quick_check and before.foreign == 1
+    after = _pass(site)
+    assert after.quick_check and after.foreign == 1 and "someone-elses" in remote_inputs(emu)
+
+
+def _png_b64() -> str:
+    return base64.b64encode(png_bytes(8, 8, seed=7)).decode()
+
+
+def test_a_held_file_keeps_every_pass_on_the_full_path(tmp_path: Path, emu: Emulator) -> None:
+    """A broken sidecar holds its image: the pass does not end in step, so no marker is left
+    and every pass reports the held file."""
+    site = _site(tmp_path, emu)
+    (site.root / "c0" / "img3.json").write_text("{not json")
+    assert _pass(site).added == 12
+    wait_out_racy_window(site.root)
+    for _ in range(2):
+        report = _pass(site)
+        assert not report.quick_check
+        assert [p for p, _ in report.held] == ["c0/img3.png"]
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() is None
+
+
+def test_the_marker_survives_a_local_pass_and_dies_with_any_write(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """A local pass that changes nothing keeps what the marker knows of the remote; a pass
+    that writes anything removes it until a pass ends in step again."""
+    site = _in_step_site(tmp_path, emu)
+    with site.open_ledger() as ledger:
+        before = ledger.in_step_marker()
+    assert _pass(site, local_only=True).quick_check
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() == before
+    site.image("c0/extra.png", seed=77)
+    assert _pass(site).added == 1
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() is None  # the new file's hash is not trusted yet
+    wait_out_racy_window(site.root)
+    report = _pass(site)
+    assert not report.quick_check and not report.planned
+    assert _pass(site).quick_check
+
+
+def test_dry_runs_and_scoped_passes_leave_no_marker(tmp_path: Path, emu: Emulator) -> None:
+    site = _site(tmp_path, emu)
+    assert _pass(site).exit_code == 0
+    wait_out_racy_window(site.root)
+    assert not _pass(site, dry_run=True).planned
+    assert not _pass(site, scope=("c0",)).planned
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() is None
+    assert not _pass(site).quick_check
+    assert _pass(site).quick_check
+
+
+def test_reconcile_cli_takes_the_quick_path_in_its_own_process(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """The whole process (forking its walk): `--json` says quick_check, and nothing else
+    changes in the report."""
+    site = _in_step_site(tmp_path, emu)
+    outs = []
+    for flags in (["--local"], []):
+        done = run_syncd(
+            ["reconcile", "--json", "--config", str(site.config), *flags],
+            env={KEY_ENV: emu.api_key},
+        )
+        assert done.returncode == 0, done.stderr
+        outs.append(json.loads(done.stdout))
+    for out in outs:
+        assert out["quick_check"] is True
+        assert (out["files_seen"], out["files_hashed"], out["planned"]) == (13, 0, [])
+    assert outs[1]["requests"] == {"list": 1}
+
+
+def test_quick_report_fields_match_a_full_pass(tmp_path: Path, emu: Emulator) -> None:
+    """Field by field (timings and the flag aside), the quick report is the full one."""
+    site = _in_step_site(tmp_path, emu)
+    quick = _pass(site, local_only=True).as_dict()
+    slow = _pass(site, quick=False, local_only=True).as_dict()
+    for report in (quick, slow):
+        for volatile in ("seconds", "quick_check"):
+            report.pop(volatile)
+    assert quick == slow
