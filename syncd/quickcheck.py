@@ -10,8 +10,8 @@ ledger, and the next pass first walks the tree with `stat` only:
 - a digest of every sidecar's path and stat must equal the marker's;
 - a fingerprint of the settings that shape the plan must equal the marker's.
 
-The ledger deletes the marker (by trigger) on any write to its files, inputs or meta, so the
-beliefs it vouches for are exactly those in the ledger now. When everything matches, a full scan
+The ledger deletes the marker with any write to its files, inputs or meta, so the beliefs it
+vouches for are exactly those in the ledger now. When everything matches, a full scan
 would build the same snapshot and the planner the same empty plan. Anything this walk does not
 model exactly (a symlink to follow, an unreadable folder, a special file with an image name, a
 timestamp inside the racy window) answers "don't know", and the full pass runs.

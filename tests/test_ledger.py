@@ -158,7 +158,7 @@ def test_open_creates_schema_in_wal_mode(db_path: Path) -> None:
         migrations = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         assert migrations == [
             ("syncd-ledger", "0001_initial"),
-            ("syncd-ledger", "0002_in_step_marker"),
+            ("syncd-ledger", "0002_inputs_by_state"),
         ]
         index_cols = [r[2] for r in conn.execute("PRAGMA index_info('idx_inputs_path')")]
         assert index_cols == ["path"]

@@ -210,7 +210,7 @@ def test_a_fresh_sidecar_makes_the_walk_unsettled(tmp_path: Path) -> None:
 
 
 def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) -> None:
-    """The triggers: the marker can only describe the ledger as it is now."""
+    """Every writing method removes the marker: it can only describe the ledger as it is."""
     record = InputRecord("i1", "a.png", InputState.PROCESSED, "ab" * 32, Labels(), 30000, "", None)
     writes = [
         lambda ledger: ledger.record_files(
@@ -229,8 +229,12 @@ def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) ->
             write(ledger)
             assert ledger.in_step_marker() is None
             assert ledger.get_meta(IN_STEP_KEY) is None
-        # the pass log is not what the marker vouches for
+        # writing nothing, and the pass log, leave it alone
         ledger.set_in_step_marker({"format": 1})
+        ledger.set_input_states([])
+        ledger.put_inputs([])
+        ledger.drop_inputs([])
+        assert ledger.in_step_marker() == {"format": 1}
         ledger.finish_pass(ledger.start_pass("reconcile"), summary={}, exit_code=0)
         assert ledger.in_step_marker() == {"format": 1}
 
