@@ -128,19 +128,17 @@ class Engine:
             beliefs = self.ledger.inputs()
         resend_deletes: list[InputRecord] = []
         if listed is not None:
-            beliefs, folded, remote, present_blocked = (
-                listed.beliefs,
-                listed.folded,
-                listed.remote,
-                listed.present_blocked,
-            )
-            blocked = {k: v for k, v in blocked.items() if k in present_blocked}
-            self._report_remote(remote, report)
-            resend_deletes = [b for b in folded.values() if b.state is InputState.DELETING]
+            blocked = {k: v for k, v in blocked.items() if k in listed.present_blocked}
+            self._report_remote(listed.remote, report)
+            resend_deletes = [b for b in listed.folded.values() if b.state is InputState.DELETING]
             if not options.dry_run:
-                self._store_beliefs(beliefs, folded)
+                self._store_beliefs(listed.beliefs, listed.folded)
                 self._set_blocked(blocked)
-            beliefs = folded
+            beliefs = listed.folded
+            digest: str | None = listed.digest
+            del listed  # the beliefs before the fold are not needed any more
+        else:
+            digest = None
 
         snapshot = _hold_blocked(snapshot, blocked)
         report.held = sorted(
@@ -196,11 +194,16 @@ class Engine:
         self._collect(executor.outcome, report)
         if executor.outcome.blocked:
             self._set_blocked({**blocked, **executor.outcome.blocked})
+        # let go of what the final poll does not need: at 100,000 adds the operations' labels,
+        # the snapshot and the beliefs are most of the pass's memory
+        report.planned = [_without_labels(op) for op in report.planned]
+        judged_whole = snapshot.root_problem is None and not snapshot.unscanned
+        del snapshot, ops, beliefs, executor
         if options.wait:
             self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
         self._report_states(report)
-        if quick is not None and self._ended_in_step(report, snapshot, blocked, resend_deletes):
-            self._leave_marker(quick, listed, report)
+        if quick is not None and self._ended_in_step(report, judged_whole, blocked, resend_deletes):
+            self._leave_marker(quick, digest, report)
 
     def _quick_check(self, options: PassOptions) -> _QuickCheck | None:
         """Walk the tree with stat only and compare it with the ledger's in-step marker; None
@@ -238,17 +241,18 @@ class Engine:
         report.foreign = known[1]
         return True
 
-    def _leave_marker(self, quick: _QuickCheck, listed: _Listed | None, report: SyncReport) -> None:
-        """Record that this pass ended in step (see syncd/quickcheck.py)."""
-        if listed is not None:
-            remote = (listed.digest, report.foreign)
+    def _leave_marker(self, quick: _QuickCheck, listing: str | None, report: SyncReport) -> None:
+        """Record that this pass ended in step (see syncd/quickcheck.py); `listing` is the
+        digest of the remote listing this pass folded (None for a local pass)."""
+        if listing is not None:
+            remote: tuple[str, int | None] | None = (listing, report.foreign)
         elif self.ledger.in_step_marker() == quick.marker:
             # a local pass that wrote nothing: what the old marker knew of the remote holds
             remote = quickcheck.remote_of(quick.marker)
         else:
             remote = None
         marker = quickcheck.marker_for(
-            quick.walk, quick.fingerprint, self.ledger.clean_file_lines() or [], remote=remote
+            quick.walk, quick.fingerprint, self.ledger.clean_files_digest(), remote=remote
         )
         if marker is not None:
             self.ledger.set_in_step_marker(marker)
@@ -257,14 +261,14 @@ class Engine:
         """The tree and the ledger are as the last clean pass left them: a full scan would
         rebuild the same snapshot and plan nothing (see syncd/quickcheck.py)."""
         report.quick_check = True
-        report.files_seen = len(quick.walk.images)
+        report.files_seen = quick.walk.images
         self._report_states(report)
         log.info("quick_check_in_step", files=report.files_seen)
 
     def _ended_in_step(
         self,
         report: SyncReport,
-        snapshot: LocalSnapshot,
+        judged_whole: bool,
         blocked: Mapping[str, str],
         resend_deletes: Sequence[InputRecord],
     ) -> bool:
@@ -281,8 +285,7 @@ class Engine:
             or report.guard
             or report.vanished
             or blocked
-            or snapshot.root_problem is not None
-            or snapshot.unscanned
+            or not judged_whole  # a root problem or folders that could not be read
         ):
             return False
         counts = self.ledger.counts_by_state()

@@ -45,7 +45,7 @@ from sqlite_utils.migrations import Migrations
 
 from syncd.errors import LedgerError, LedgerLocked
 from syncd.model import FileStat, InputRecord, InputState, Labels
-from syncd.quickcheck import stat_line
+from syncd.quickcheck import lines_digest, stat_line
 from syncd.scanner import FileRecord, KnownFile
 
 log = structlog.get_logger(__name__)
@@ -387,9 +387,9 @@ class Ledger:
         conn.execute("DELETE FROM temp.seen_paths")
         return deleted
 
-    def clean_file_lines(self) -> list[str] | None:
-        """Every cached file as a sorted `quickcheck.stat_line`, when every row is clean (a
-        complete stat, a trusted hash, no error); None when any is not."""
+    def clean_files_digest(self) -> str | None:
+        """`quickcheck.lines_digest` of every cached file's stat line, when every row is clean
+        (a complete stat, a trusted hash, no error); None when any is not."""
         with self._reading() as conn:
             total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
             rows = conn.execute(
@@ -400,7 +400,7 @@ class Ledger:
             ).fetchall()
         if len(rows) != total:
             return None
-        return sorted(stat_line(_path_out(p), s, m, c, i) for p, s, m, c, i in rows)
+        return lines_digest(sorted(stat_line(_path_out(p), s, m, c, i) for p, s, m, c, i in rows))
 
     def in_step_marker(self) -> dict[str, Any] | None:
         """The marker the last clean pass left, if no write has happened since."""

@@ -134,9 +134,13 @@ def test_walk_sees_what_the_scanner_sees(tmp_path: Path) -> None:
     _tree(root)
     walk = quickcheck.walk(_config(tmp_path, root), fork=False)
     assert walk is not None
-    assert (walk.images, walk.sidecars) == _expected_lines(root)
-    assert len(walk.images) == 6 * 5 + 1 + 1 + 1  # d*/sub*, top.JPG, folder.png/inner, café
-    assert any("\udce9" in line for line in walk.images)
+    images, sidecars = _expected_lines(root)
+    assert len(images) == 6 * 5 + 1 + 1 + 1  # d*/sub*, top.JPG, folder.png/inner, café
+    assert any("\udce9" in line for line in images)
+    assert len(sidecars) == 2  # top.json, d0/notes.txt
+    assert walk.images == len(images)
+    assert walk.images_digest == quickcheck.lines_digest(images)
+    assert walk.sidecars_digest == quickcheck.lines_digest(sidecars)
 
 
 def test_forked_walk_equals_the_single_process_walk(tmp_path: Path) -> None:
@@ -155,7 +159,7 @@ def test_forked_walk_equals_the_single_process_walk(tmp_path: Path) -> None:
         "assert threading.active_count() == 1\n"
         "assert quickcheck._can_fork()\n"
         "w = quickcheck.walk(load_config(Path(sys.argv[1])), fork=True)\n"
-        "print(json.dumps([w.digest, len(w.images), len(w.sidecars), w.settled]))\n"
+        "print(json.dumps([w.images_digest, w.sidecars_digest, w.images, w.settled]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(config.config_path)],
@@ -168,9 +172,9 @@ def test_forked_walk_equals_the_single_process_walk(tmp_path: Path) -> None:
     single = quickcheck.walk(config, fork=False)
     assert single is not None
     assert json.loads(out.stdout) == [
-        single.digest,
-        len(single.images),
-        len(single.sidecars),
+        single.images_digest,
+        single.sidecars_digest,
+        single.images,
         single.settled,
     ]
 
@@ -201,9 +205,10 @@ def test_a_fresh_sidecar_makes_the_walk_unsettled(tmp_path: Path) -> None:
     later = quickcheck.walk(config, now_ns=now + 3 * 10**9, fork=False)
     assert fresh is not None and later is not None
     assert not fresh.settled and later.settled
-    assert quickcheck.marker_for(fresh, "fp", fresh.images) is None
-    assert quickcheck.marker_for(later, "fp", later.images) is not None
-    assert quickcheck.marker_for(later, "fp", later.images[:-1]) is None  # rows differ
+    assert quickcheck.marker_for(fresh, "fp", fresh.images_digest) is None
+    assert quickcheck.marker_for(later, "fp", later.images_digest) is not None
+    assert quickcheck.marker_for(later, "fp", None) is None  # a ledger row is not clean
+    assert quickcheck.marker_for(later, "fp", quickcheck.lines_digest([])) is None  # differ
 
 
 # --- the ledger's marker ------------------------------------------------------------------------
