@@ -148,7 +148,8 @@ def reconcile(
         finally:
             engine.close()
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, default=str))
+        report.write_json(sys.stdout.write)  # ASCII: json.dumps escapes everything else
+        sys.stdout.flush()
     else:
         _print_report(report, explain=explain)
     sys.exit(report.exit_code)
@@ -184,6 +185,13 @@ def _print_report(report: Any, *, explain: bool) -> None:
         echo(f"error    {message}")
     if report.guard:
         echo(f"guard    {report.guard}")
+    if report.quick_check:
+        echo(
+            "in step: the folder is as the last pass left it (quick check: nothing scanned)"
+            if report.local_only
+            else "in step: the folder and the remote listing are as the last pass left them "
+            "(quick check: nothing scanned or folded)"
+        )
     foreign = "-" if report.foreign is None else report.foreign
     echo(
         f"added {report.added}, relabeled {report.relabeled}, deleted {report.deleted}, "

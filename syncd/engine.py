@@ -108,7 +108,7 @@ class Engine:
         cfg = self.config
         quick = self._quick_check(options)
         if quick is not None and quick.in_step and self._remote_unchanged(quick, options, report):
-            self._report_in_step(quick, report)
+            self._report_in_step(quick, report, dry_run=options.dry_run)
             return
         blocked = self._blocked()
         self.progress.stage(
@@ -257,12 +257,13 @@ class Engine:
         if marker is not None:
             self.ledger.set_in_step_marker(marker)
 
-    def _report_in_step(self, quick: _QuickCheck, report: SyncReport) -> None:
+    def _report_in_step(self, quick: _QuickCheck, report: SyncReport, *, dry_run: bool) -> None:
         """The tree and the ledger are as the last clean pass left them: a full scan would
         rebuild the same snapshot and plan nothing (see syncd/quickcheck.py)."""
         report.quick_check = True
         report.files_seen = quick.walk.images
-        self._report_states(report)
+        if not dry_run:
+            self._report_states(report)  # as the full path does: a dry run ends before it
         log.info("quick_check_in_step", files=report.files_seen)
 
     def _ended_in_step(

@@ -373,7 +373,6 @@ class Ledger:
             ((_path_in(r.path),) for r in records),
         )
         deleted = 0
-        conn.execute(_CLEAR_IN_STEP)
         if scope is None:
             deleted = conn.execute(f"DELETE FROM files WHERE {_NOT_SEEN}").rowcount
         else:
@@ -385,6 +384,8 @@ class Ledger:
                     (exact, low, high),
                 ).rowcount
         conn.execute("DELETE FROM temp.seen_paths")
+        if deleted:
+            conn.execute(_CLEAR_IN_STEP)
         return deleted
 
     def clean_files_digest(self) -> str | None:

@@ -25,9 +25,12 @@ import json
 import marshal
 import os
 import re
+import signal
 import stat as statmod
+import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +79,11 @@ def fingerprint(config: Config) -> str:
     shaping = {
         "syncd": __version__,
         "format": MARKER_FORMAT,
+        # what else decides how a file reads and parses: who reads it (permissions), and the
+        # Python and Unicode versions (concept ids are checked with unicodedata)
+        "uid": os.geteuid(),
+        "python": list(sys.version_info[:2]),
+        "unicode": unicodedata.unidata_version,
         "root": os.fspath(src.root),
         "name": src.name,
         "include": list(src.include),
@@ -110,8 +118,10 @@ class WalkInProgress:
         walker, child = self._walker, self._child
         if walker is None:
             return None
-        ok = walker.walk(self._mine, descend=True)
-        found = None if child is None else child.collect()
+        try:
+            ok = walker.walk(self._mine, descend=True)
+        finally:
+            found = None if child is None else child.collect()  # reaped and closed, always
         if not ok or (child is not None and found is None):
             return None
         if found is not None:
@@ -218,8 +228,14 @@ class _Walker:
 
 def _can_fork() -> bool:
     # never with other threads running (the daemon's): a forked child holds only the calling
-    # thread, and locks other threads held stay locked in it
-    return hasattr(os, "fork") and hasattr(os, "memfd_create") and threading.active_count() == 1
+    # thread, and locks other threads held stay locked in it; never with SIGCHLD ignored (as
+    # some supervisors leave it): the kernel then reaps the child and its exit status is lost
+    return (
+        hasattr(os, "fork")
+        and hasattr(os, "memfd_create")
+        and threading.active_count() == 1
+        and signal.getsignal(signal.SIGCHLD) is not signal.SIG_IGN
+    )
 
 
 class _Child:
@@ -232,7 +248,10 @@ class _Child:
     def collect(self) -> tuple[list[str], list[str], bool] | None:
         """Wait for the child; its (images, sidecars, settled), or None if its walk failed."""
         try:
-            _, status = os.waitpid(self.pid, 0)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                return None  # reaped by someone else: whether it finished is unknown
             if os.waitstatus_to_exitcode(status) != 0:
                 return None
             size = os.fstat(self.fd).st_size

@@ -7,6 +7,8 @@ and the exit code comes from it.
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,19 +72,39 @@ class SyncReport:
         return 0
 
     def as_dict(self) -> dict[str, Any]:
+        out = self.head()
+        out["planned"] = [planned_entry(op) for op in self.planned]
+        out["explain"] = self.explain
+        out["exit_code"] = self.exit_code
+        return out
+
+    def head(self) -> dict[str, Any]:
+        """Every field but the per-operation lists (`planned`, `explain`), plus the exit code."""
         # field by field: dataclasses.asdict would deep-copy every planned operation
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if f.name not in ("planned", "explain")
         }
-        out["planned"] = [
-            {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
-            for op in self.planned
-        ]
-        out["explain"] = self.explain
         out["exit_code"] = self.exit_code
         return out
+
+    def write_json(self, write: Callable[[str], Any]) -> None:
+        """`as_dict()` as indented JSON, written piece by piece: at 100,000 planned operations
+        `json.dumps(indent=2)` (a pure-Python encoder) holds millions of small strings at
+        once, the largest allocation of an initial sync."""
+        text = json.dumps(self.head(), indent=2, default=str)
+        write(text[:-2])  # without the closing "\n}"
+        for key, rows in (("planned", map(planned_entry, self.planned)), ("explain", self.explain)):
+            write(f',\n  "{key}": [')
+            for n, row in enumerate(rows):
+                write(("," if n else "") + "\n    " + json.dumps(row, default=str))
+            write("\n  ]")
+        write("\n}\n")
+
+
+def planned_entry(op: Operation) -> dict[str, str]:
+    return {"op": op.kind.value, "input_id": op.input_id, "path": op.path, "reason": op.reason}
 
 
 def summary_of(report: SyncReport) -> dict[str, Any]:

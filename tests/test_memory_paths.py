@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.api import encode_inputs
+from syncd.model import Operation, OpKind
+from syncd.report import SyncReport
 
 # Text with quotes, backslashes, control characters, non-BMP characters and surrogate escapes.
 ODD_TEXT = st.text(
@@ -109,3 +111,28 @@ def test_encode_inputs_splices_base64_bytes_unchanged() -> None:
 
     assert b'"base64":"' + raw + b'"' in body
     assert json.loads(body)["inputs"][0]["data"]["metadata"] == {"k": "é"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(list(OpKind)), ODD_TEXT, ODD_TEXT, ODD_TEXT), max_size=5),
+    st.lists(st.tuples(ODD_TEXT, ODD_TEXT), max_size=3),
+    st.lists(st.dictionaries(st.sampled_from(["path", "action", "why"]), ODD_TEXT), max_size=3),
+)
+def test_streamed_json_report_is_the_dumped_report(
+    ops: list[tuple[OpKind, str, str, str]],
+    held: list[tuple[str, str]],
+    explain: list[dict[str, str]],
+) -> None:
+    """`reconcile --json` writes the report piece by piece; it reads back as `as_dict()`."""
+    report = SyncReport(
+        planned=[Operation(kind, input_id, path, why) for kind, input_id, path, why in ops],
+        held=held,
+        explain=explain,
+        seconds=1.5,
+    )
+    pieces: list[str] = []
+    report.write_json(pieces.append)
+    text = "".join(pieces)
+    assert text.endswith("}\n")
+    assert json.loads(text) == json.loads(json.dumps(report.as_dict(), default=str))

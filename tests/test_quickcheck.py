@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -462,6 +464,11 @@ def test_reconcile_cli_takes_the_quick_path_in_its_own_process(
         assert out["quick_check"] is True
         assert (out["files_seen"], out["files_hashed"], out["planned"]) == (13, 0, [])
     assert outs[1]["requests"] == {"list": 1}
+    human = run_syncd(["reconcile", "--config", str(site.config)], env={KEY_ENV: emu.api_key})
+    assert human.returncode == 0, human.stderr
+    assert "in step: the folder and the remote listing are as the last pass left them" in (
+        human.stdout
+    )
 
 
 def test_quick_report_fields_match_a_full_pass(tmp_path: Path, emu: Emulator) -> None:
@@ -473,3 +480,46 @@ def test_quick_report_fields_match_a_full_pass(tmp_path: Path, emu: Emulator) ->
         for volatile in ("seconds", "quick_check"):
             report.pop(volatile)
     assert quick == slow
+
+
+def test_dry_runs_report_alike_with_a_failed_input(tmp_path: Path, emu: Emulator) -> None:
+    """An input whose processing failed does not keep the tree out of step (nothing is
+    planned for it until its bytes change); quick and full dry runs then report alike."""
+    site = _site(tmp_path, emu)
+    bad = site.input_id("c0/img0.png")
+    emu.set_faults(fail_processing_ids=[bad])
+    assert [i for i, _, _ in _pass(site).failed] == [bad]
+    wait_out_racy_window(site.root)
+    assert not _pass(site).planned  # ends in step: leaves the marker
+    for local in (True, False):
+        quick = _pass(site, dry_run=True, local_only=local)
+        slow = _pass(site, dry_run=True, local_only=local, quick=False)
+        assert quick.quick_check and not slow.quick_check
+        assert (quick.failed, quick.pending, quick.exit_code) == (
+            slow.failed,
+            slow.pending,
+            slow.exit_code,
+        )
+    written = _pass(site, local_only=True)
+    assert written.quick_check and [i for i, _, _ in written.failed] == [bad]
+    assert written.exit_code == _pass(site, local_only=True, quick=False).exit_code
+
+
+def test_reconcile_survives_an_ignored_sigchld(tmp_path: Path, emu: Emulator) -> None:
+    """Started with SIGCHLD ignored (inherited from a supervisor), the command does not fork
+    its walk (the kernel would reap the child) and still takes the quick path."""
+    site = _in_step_site(tmp_path, emu)
+    argv = [sys.executable, "-m", "syncd", "reconcile", "--local", "--json"]
+    done = subprocess.run(
+        [*argv, "--config", str(site.config)],
+        env={**os.environ, KEY_ENV: emu.api_key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),  # kept across exec
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["quick_check"] is True
+    assert quickcheck._can_fork() is (threading.active_count() == 1)  # here: SIGCHLD default
