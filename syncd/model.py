@@ -158,6 +158,19 @@ class LocalSnapshot:
     root_problem: str | None = None
     scope: tuple[str, ...] | None = None
     unscanned: tuple[str, ...] = ()
+    # the scope as a set of prefixes (None: everything), for `covers`: a planner asks once per
+    # belief, and a scope can hold thousands of paths
+    _prefixes: tuple[frozenset[str], frozenset[str]] | None = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        scope = self.scope
+        whole = scope is None or any(s in ("", ".") for s in scope)
+        prefixes = None
+        if not whole and scope is not None:
+            prefixes = (frozenset(scope), frozenset(s.rstrip("/") for s in scope))
+        object.__setattr__(self, "_prefixes", prefixes)
 
     def covers(self, path: str) -> bool:
         """Whether absence of `path` from this snapshot means the file is really gone."""
@@ -165,11 +178,25 @@ class LocalSnapshot:
             return False
         if any(_under(path, d) for d in self.unscanned):
             return False
-        return self.scope is None or any(_under(path, s) for s in self.scope)
+        return self._prefixes is None or _under_any(path, *self._prefixes)
 
 
 def _under(path: str, prefix: str) -> bool:
     return prefix in ("", ".") or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _under_any(path: str, exact: frozenset[str], stripped: frozenset[str]) -> bool:
+    """`any(_under(path, p) for p in scope)` with one set lookup per ancestor of `path`
+    (`exact`: the scope's entries; `stripped`: the same without a trailing "/")."""
+    if path in exact:
+        return True
+    cut = path.rfind("/")
+    while cut >= 0:
+        path = path[:cut]
+        if path in stripped:
+            return True
+        cut = path.rfind("/")
+    return False
 
 
 # --- what the ledger believes the remote holds ----------------------------------------------

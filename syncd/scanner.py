@@ -305,7 +305,7 @@ class _Scan:
             if any(_under(parent, d) for d in walked):
                 continue
             ancestors = self._scope_ancestors(parent, root_id)
-            listing = None if ancestors is None else self._list(parent)
+            listing = None if ancestors is None else self._list(parent, by_parent[parent])
             if ancestors is None or listing is None:
                 continue
             only: set[str] = set()
@@ -355,12 +355,18 @@ class _Scan:
 
     # --- one directory ----------------------------------------------------------------------
 
-    def _list(self, rel_dir: str) -> _Listing | None:
-        """List and classify a directory; None (and `unscanned` on errors) if it cannot be read."""
+    def _list(self, rel_dir: str, wanted: set[str] | None = None) -> _Listing | None:
+        """List and classify a directory; None (and `unscanned` on errors) if it cannot be read.
+
+        With `wanted` (a scoped scan's names in this directory) and no sidecar in it, the
+        other regular files and folders are left out: nothing pairs with them and nothing
+        is judged of them (symlinks and special files are still classified, and reported as
+        skipped as before). A scoped pass over 1,000 files in 500 folders of 200 then
+        classifies 1,000 entries, not 100,000."""
         try:
             handle = self.listdir(self._abs(rel_dir))
             try:
-                entries = sorted(handle, key=lambda e: e.name)
+                entries = list(handle)
             finally:
                 close = getattr(handle, "close", None)
                 if close is not None:
@@ -372,6 +378,14 @@ class _Scan:
             return None
         self.counts["dirs"] += 1
         listing = _Listing()
+        if wanted is not None and not any(is_sidecar_name(e.name) for e in entries):
+            entries = [
+                e
+                for e in entries
+                if e.name in wanted
+                or not (e.is_file(follow_symlinks=False) or e.is_dir(follow_symlinks=False))
+            ]
+        entries.sort(key=lambda e: e.name)  # after the filter: sort only what is kept
         for entry in entries:
             self._classify(rel_dir, entry, listing)
         return listing

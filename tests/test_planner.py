@@ -1141,3 +1141,19 @@ def test_fold_of_a_matching_listing_changes_nothing(
     assert folded == settled
     assert (report.owned, report.foreign) == (len(settled), len(others))
     assert (report.adopted, report.missing, report.drifted, report.deleted) == ([], [], [], [])
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "ab", "a.b", "é"])
+_PATHS = st.lists(_SEGMENTS, min_size=1, max_size=4).map("/".join)
+
+
+@given(
+    st.lists(st.one_of(_PATHS, st.sampled_from(["", ".", "a/", "a/b/"])), min_size=1, max_size=6),
+    _PATHS,
+)
+def test_covers_with_a_prefix_set_is_the_prefix_scan(scope: list[str], path: str) -> None:
+    """`LocalSnapshot.covers` looks each ancestor up in a set (a scope may hold thousands of
+    paths); it answers what checking every scope entry as a prefix answers."""
+    snapshot = LocalSnapshot(images={}, scope=tuple(scope))
+    naive = any(s in ("", ".") or path == s or path.startswith(s.rstrip("/") + "/") for s in scope)
+    assert snapshot.covers(path) == naive

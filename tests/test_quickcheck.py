@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from syncd import quickcheck
 from syncd.config import load_config
 from syncd.emulator import Emulator
+from syncd.engine import Engine
 from syncd.ledger import IN_STEP_KEY, Ledger
 from syncd.model import InputRecord, InputState, Labels
 from syncd.report import PassOptions, SyncReport
@@ -321,6 +322,10 @@ CHANGES = {
         lambda s: (s.root / "plain/solo.png").rename(s.root / "plain/moved.png"),
         [("add", "plain/moved.png"), ("delete", "plain/solo.png")],
     ),
+    "new image in a folder without sidecars": (
+        lambda s: s.image("plain/new.png", seed=51),
+        [("add", "plain/new.png")],
+    ),
     "sidecar edited": (
         lambda s: (s.root / "c1/img1.json").write_text(json.dumps({"concepts": {"dog": True}})),
         [("patch", "c1/img1.png")],
@@ -333,9 +338,12 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_every_local_change_takes_the_full_path(tmp_path: Path, emu: Emulator, change: str) -> None:
+def test_every_local_change_leaves_the_quick_path(
+    tmp_path: Path, emu: Emulator, change: str
+) -> None:
     """After any change to images or sidecars (even one keeping sizes and names), neither a
-    local nor a full pass is quick, and the pass plans what a full pass plans."""
+    local nor a full pass ends by the quick check, and the pass plans what a full pass plans
+    (changes to images in a folder without sidecars take the pass scoped to them)."""
     site = _in_step_site(tmp_path, emu)
     apply, want = CHANGES[change]
     apply(site)
@@ -523,3 +531,113 @@ def test_reconcile_survives_an_ignored_sigchld(tmp_path: Path, emu: Emulator) ->
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["quick_check"] is True
     assert quickcheck._can_fork() is (threading.active_count() == 1)  # here: SIGCHLD default
+
+
+# --- a pass scoped to the images that changed ----------------------------------------------------
+
+
+def _flat_site(tmp_path: Path, emu: Emulator, **sync: Any) -> Site:
+    """Twenty images in one folder without sidecars, synced and at rest, with a marker."""
+    site = make_site(tmp_path, emu, sync=sync or None)
+    for i in range(20):
+        site.image(f"flat/img{i}.png", seed=i)
+    assert _pass(site).added == 20
+    wait_out_racy_window(site.root)
+    assert not _pass(site).planned
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() is not None
+    return site
+
+
+@pytest.fixture
+def scopes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...] | None]:
+    """The scope of every `Engine._pass` (the real method runs; this only records)."""
+    seen: list[tuple[str, ...] | None] = []
+    real = Engine._pass
+
+    def spy(self: Engine, options: PassOptions, *args: Any) -> None:
+        seen.append(options.scope)
+        real(self, options, *args)
+
+    monkeypatch.setattr(Engine, "_pass", spy)
+    return seen
+
+
+def test_touched_images_are_rescanned_alone(
+    tmp_path: Path, emu: Emulator, traffic: Traffic, scopes: list[tuple[str, ...] | None]
+) -> None:
+    """Three images touched (same bytes, new timestamps): a full dry run lists the remote once
+    and, the remote unchanged, hashes those three only, plans nothing and reports the whole
+    tree as seen; so does a local pass, which records their new stats. Those rows are not
+    trusted until the touch is outside the racy window: the next pass takes the full path,
+    ends in step, and the one after is quick again."""
+    site = _flat_site(tmp_path, emu)
+    touched = ("flat/img2.png", "flat/img5.png", "flat/img7.png")
+    stamp = time.time_ns()
+    for rel in touched:
+        os.utime(site.root / rel, ns=(stamp, stamp))
+    scopes.clear()
+    traffic.clear()
+    full = _pass(site, dry_run=True)
+    assert scopes == [touched]
+    assert (full.files_seen, full.files_hashed, full.planned, full.foreign) == (20, 3, [], 0)
+    assert not full.quick_check
+    assert traffic.kinds() == ["ListInputs"]
+    traffic.clear()
+    local = _pass(site, local_only=True)
+    assert scopes == [touched, touched]
+    assert (local.files_seen, local.files_hashed, local.planned) == (20, 3, [])
+    assert traffic.kinds() == []
+    wait_out_racy_window(site.root)
+    scopes.clear()
+    assert not _pass(site).planned
+    assert scopes == [None]
+    assert _pass(site).quick_check
+
+
+def test_changed_images_plan_what_the_full_path_plans(
+    tmp_path: Path, emu: Emulator, scopes: list[tuple[str, ...] | None]
+) -> None:
+    """New, removed, renamed and rewritten images in a folder without sidecars: the scoped
+    pass plans exactly the full path's operations, sends them, and the remote ends in step."""
+    site = _flat_site(tmp_path, emu)
+    site.image("flat/new.png", seed=40)
+    (site.root / "flat/img1.png").unlink()
+    (site.root / "flat/img2.png").rename(site.root / "flat/moved.png")
+    want = sorted(
+        (op.kind.value, op.path)
+        for op in _pass(site, quick=False, dry_run=True, local_only=True).planned
+    )
+    assert want == [
+        ("add", "flat/moved.png"),
+        ("add", "flat/new.png"),
+        ("delete", "flat/img1.png"),
+        ("delete", "flat/img2.png"),
+    ]
+    scopes.clear()
+    report = _pass(site)
+    assert scopes == [("flat/img1.png", "flat/img2.png", "flat/moved.png", "flat/new.png")]
+    assert _ops(report) == want and report.exit_code == 0
+    owned = {e["data"]["metadata"]["syncd"]["path"] for e in remote_inputs(emu).values()}
+    assert owned == {f"flat/img{i}.png" for i in range(20) if i not in (1, 2)} | {
+        "flat/moved.png",
+        "flat/new.png",
+    }
+
+
+def test_the_delete_guard_counts_the_whole_ledger_in_a_scoped_pass(
+    tmp_path: Path, emu: Emulator, scopes: list[tuple[str, ...] | None]
+) -> None:
+    """Two removals with `max_delete = 1`: the scoped pass stops before deleting, exactly as
+    the full path does (its count of owned inputs is the ledger's, not the scope's)."""
+    site = _flat_site(tmp_path, emu, max_delete=1)
+    for rel in ("flat/img3.png", "flat/img4.png"):
+        (site.root / rel).unlink()
+    slow = _pass(site, quick=False, dry_run=True, local_only=True)
+    scopes.clear()
+    report = _pass(site, local_only=True)
+    assert scopes == [("flat/img3.png", "flat/img4.png")]
+    assert report.guard == slow.guard and report.guard is not None
+    assert "2 of 20 inputs" in report.guard
+    assert report.exit_code == slow.exit_code == 4
+    assert len(remote_inputs(emu)) == 20
