@@ -25,9 +25,9 @@ import requests
 import structlog
 from requests.adapters import HTTPAdapter
 
+from syncd.batcher import MAX_BATCH
 from syncd.envelope import (
     COUNT_FIELDS,
-    MAX_BATCH,
     MAX_IDS_PER_LIST,
     MAX_PER_PAGE,
     THROTTLED_BACKOFF_FLOOR,

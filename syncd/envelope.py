@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+from syncd.batcher import batches
 from syncd.errors import ConfigError
 
 MAX_RETRY_AFTER = 600.0  # a Retry-After beyond ten minutes is clamped
@@ -221,7 +222,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 # --- limits and records shared by the client and the engine -----------------------------
 
-MAX_BATCH = 128  # inputs per POST/PATCH, ids per DELETE
 MAX_IDS_PER_LIST = 128  # ids per filtered list request
 MAX_QUERY_CHARS = 6000  # keep filtered list URLs well below common 8 KiB limits
 MAX_PER_PAGE = 1000
@@ -274,17 +274,13 @@ class RemoteRecord:
 
 def chunk_ids(ids: Sequence[str], size: int) -> Iterator[list[str]]:
     """Distinct ids in order, in chunks of at most `size` whose query stays short."""
-    chunk: list[str] = []
-    chars = 0
-    for input_id in dict.fromkeys(ids):
-        cost = len(quote(input_id, safe="")) + len("&ids=")
-        if chunk and (len(chunk) >= size or chars + cost > MAX_QUERY_CHARS):
-            yield chunk
-            chunk, chars = [], 0
-        chunk.append(input_id)
-        chars += cost
-    if chunk:
-        yield chunk
+    return batches(
+        list(dict.fromkeys(ids)), size=size, weight=_query_cost, max_weight=MAX_QUERY_CHARS
+    )
+
+
+def _query_cost(input_id: str) -> int:
+    return len(quote(input_id, safe="")) + len("&ids=")
 
 
 def check_api_key(api_key: str, key_source: str) -> None:
