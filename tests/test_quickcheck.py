@@ -44,7 +44,7 @@ from syncd.config import load_config
 from syncd.emulator import Emulator
 from syncd.engine import Engine
 from syncd.ledger import IN_STEP_KEY, Ledger
-from syncd.model import InputRecord, InputState, Labels
+from syncd.model import FileStat, InputRecord, InputState, Labels
 from syncd.report import PassOptions, SyncReport
 from syncd.sample import png_bytes
 from syncd.scanner import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FileRecord, Patterns
@@ -245,6 +245,28 @@ def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) ->
         assert ledger.in_step_marker() == {"format": 1}
         ledger.finish_pass(ledger.start_pass("reconcile"), summary={}, exit_code=0)
         assert ledger.in_step_marker() == {"format": 1}
+
+
+def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
+    """The changed-file comparison reads the ledger's stat lines as bytes built by SQLite; they
+    are the walk's lines, byte for byte, for names that are not UTF-8 or hold a newline."""
+    names = ["a.png", "d/é.png", "d/caf\udce9.png", "new\nline.png", "z/" + "x" * 200 + ".png"]
+    stats = [(7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 2**40 + i) for i in range(5)]
+    records = [
+        FileRecord(n, FileStat(*st), "ab" * 32, True, None)
+        for n, st in zip(names, stats, strict=True)
+    ]
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        ledger.record_files(records, scope=None)
+        lines = ledger.clean_file_lines()
+        assert lines == sorted(
+            quickcheck.stat_line(n, *st) for n, st in zip(names, stats, strict=True)
+        )
+        assert ledger.clean_file_line_set() == {
+            line.encode("utf-8", "surrogateescape") for line in lines
+        }
+        ledger.record_files([*records, FileRecord("bad.png", None, None, False, "x")], scope=None)
+        assert ledger.clean_file_lines() is None and ledger.clean_file_line_set() is None
 
 
 # --- passes against the emulator ----------------------------------------------------------------
