@@ -260,8 +260,9 @@ class Engine:
     def _remote_unchanged(
         self, quick: _QuickCheck, options: PassOptions, report: SyncReport
     ) -> bool:
-        """For a tree in step: whether the remote is too, as far as this pass looks (a local
-        pass does not; a full one lists the remote and compares the listing's digest)."""
+        """Whether the remote is as the marker recorded it, as far as this pass looks: a local
+        pass does not look; a full one lists the remote and compares the listing's digest (a
+        marker left by a local pass has none: then the full path lists and folds it)."""
         if options.local_only:
             return True
         known = quickcheck.remote_of(quick.marker)
