@@ -1,20 +1,15 @@
-"""The quick check: is the folder exactly as the last clean pass left it?
+"""The quick check: is the folder exactly as the last pass that ended in step left it?
 
 Proving that an unchanged tree needs nothing the slow way (reading every sidecar, loading every
-belief, planning) costs ~20x a `find`. So a pass that ends in step (it planned nothing, held and
-skipped nothing, and left nothing pending, see `Engine`) leaves an *in-step marker* in the
-ledger, and the next pass first walks the tree with `stat` only:
-
-- every image's (size, mtime, ctime, inode) must equal its ledger row, and every row must be
-  clean (a trusted hash, no error): the same test the scanner uses to reuse a hash;
-- a digest of every sidecar's path and stat must equal the marker's;
-- a fingerprint of the settings that shape the plan must equal the marker's.
-
-The ledger deletes the marker with any write to its files, inputs or meta, so the beliefs it
-vouches for are exactly those in the ledger now. When everything matches, a full scan
-would build the same snapshot and the planner the same empty plan. Anything this walk does not
-model exactly (a symlink to follow, an unreadable folder, a special file with an image name, a
-timestamp inside the racy window) answers "don't know", and the full pass runs.
+belief, planning) costs ~10x a `find`. So a pass that ends in step leaves an *in-step marker*
+in the ledger (deleted by any later ledger write), and the next pass first walks the tree with
+`stat` only and compares digests of every image's and sidecar's (path, size, mtime, ctime,
+inode) and of the plan-shaping settings with the marker's. The engine then ends the pass (the
+tree in step; for a full pass, the remote listing's digest too), scopes it to the images that
+changed (`changed_paths`), or runs the full path. Anything this walk does not model exactly (a
+symlink to follow, an unreadable folder, a special file with an image name, a timestamp inside
+the racy window) answers "don't know". The rules and their reasons: docs/dataset-rules.md,
+"The quick check".
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from syncd import __version__
 from syncd.config import Config
@@ -104,74 +99,39 @@ def fingerprint(config: Config) -> str:
 
 def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Walk | None:
     """Stat every image and sidecar under the root as the scanner would see them, or None
-    when the tree holds anything this walk does not model exactly."""
-    return begin_walk(config, now_ns=now_ns, fork=fork).result()
+    when the tree holds anything this walk does not model exactly.
 
-
-class WalkInProgress:
-    """A walk begun by `begin_walk`: part of it may be running in a forked child."""
-
-    def __init__(
-        self, walker: _Walker | None, mine: list[tuple[str, str]], child: _Child | None
-    ) -> None:
-        self._walker = walker
-        self._mine = mine
-        self._child = child
-
-    def result(self) -> Walk | None:
-        """Walk this process's part, collect the child's, and merge; call once."""
-        walker, child = self._walker, self._child
-        if walker is None:
-            return None
-        try:
-            ok = walker.walk(self._mine, descend=True)
-        finally:
-            found = None if child is None else child.collect()  # reaped and closed, always
-        if not ok or (child is not None and found is None):
-            return None
-        if found is not None:
-            walker.absorb(*found)
-        walker.images.sort()
-        walker.sidecars.sort()
-        return Walk(
-            len(walker.images),
-            lines_digest(walker.images),
-            lines_digest(walker.sidecars),
-            walker.settled,
-            tuple(walker.images),
-            frozenset(line.split("\0", 1)[0].rpartition("/")[0] for line in walker.sidecars),
-        )
-
-
-def begin_walk(
-    config: Config, *, now_ns: int | None = None, fork: bool = True, split: bool = True
-) -> WalkInProgress:
-    """Start the walk: list the root, then, when this process is single-threaded, fork a
-    child that walks half of the root's sub-folders (`split`) or all of them.
-
-    The walk is Python work per file: a second core halves it (`split`), or takes all of it
-    off a process that has other work meanwhile (a full pass parses the remote listing).
+    The walk is Python work per file: when this process is single-threaded (and `fork`), a
+    forked child walks half of the root's sub-folders, so a second core halves it.
     """
     src = config.source
     if src.follow_symlinks:
-        return WalkInProgress(None, [], None)  # loops, targets outside the root: the scanner's
+        return None  # loops, targets outside the root: the scanner's business
     root = os.fspath(src.root)
     try:
         if not statmod.S_ISDIR(os.stat(root).st_mode):
-            return WalkInProgress(None, [], None)
+            return None
     except OSError:
-        return WalkInProgress(None, [], None)
+        return None
     walker = _Walker(
         _classifier(src.include, src.exclude),
         (time.time_ns() if now_ns is None else now_ns) - RACY_WINDOW_NS,
     )
     if not walker.walk([("", root)], descend=False):
-        return WalkInProgress(None, [], None)
+        return None
     subdirs, walker.subdirs = walker.subdirs, []
-    theirs = (subdirs[1::2] if split else subdirs) if fork and _can_fork() else []
-    child = _fork_walker(walker, theirs) if theirs else None
-    mine = subdirs if child is None else (subdirs[0::2] if split else [])
-    return WalkInProgress(walker, mine, child)
+    child = None
+    if fork and len(subdirs) > 1 and _can_fork():
+        child = _fork_walker(walker, subdirs[1::2])
+    try:
+        ok = walker.walk(subdirs if child is None else subdirs[0::2], descend=True)
+    finally:
+        found = None if child is None else child.collect()  # reaped and closed, always
+    if not ok or (child is not None and found is None):
+        return None
+    if found is not None:
+        walker.absorb(*found)
+    return walker.result()
 
 
 class _Walker:
@@ -231,6 +191,18 @@ class _Walker:
         self.images.extend(images)
         self.sidecars.extend(sidecars)
         self.settled = self.settled and settled
+
+    def result(self) -> Walk:
+        self.images.sort()
+        self.sidecars.sort()
+        return Walk(
+            len(self.images),
+            lines_digest(self.images),
+            lines_digest(self.sidecars),
+            self.settled,
+            tuple(self.images),
+            frozenset(line.split("\0", 1)[0].rpartition("/")[0] for line in self.sidecars),
+        )
 
 
 def _can_fork() -> bool:
@@ -328,12 +300,7 @@ def changed_paths(
     the whole story and the full path must run: no valid marker, other settings, a sidecar
     changed, a ledger row not clean, a changed image in a folder with sidecars (a new image
     can take over another's sidecar), or so many changes that a full scan is cheaper."""
-    if (
-        marker is None
-        or marker.get("format") != MARKER_FORMAT
-        or marker.get("config") != fingerprint_
-        or marker.get("sidecars_digest") != walk.sidecars_digest
-    ):
+    if not _valid(marker, fingerprint_) or marker.get("sidecars_digest") != walk.sidecars_digest:
         return ()
     rows = ledger_lines()  # read only now: ~0.1 s at 100,000 rows
     if rows is None:
@@ -352,11 +319,15 @@ def changed_paths(
 
 def in_step(walk: Walk, marker: Mapping[str, Any] | None, fingerprint_: str) -> bool:
     """Whether the tree `walk` saw is the one the marker describes."""
+    return _valid(marker, fingerprint_) and marker.get("digest") == walk.digest
+
+
+def _valid(marker: Mapping[str, Any] | None, fingerprint_: str) -> TypeGuard[Mapping[str, Any]]:
+    """A marker of this format, left under these settings."""
     return (
         marker is not None
         and marker.get("format") == MARKER_FORMAT
         and marker.get("config") == fingerprint_
-        and marker.get("digest") == walk.digest
     )
 
 
@@ -401,13 +372,15 @@ def _classifier(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str
     """One regex naming what a file name is to the scanner: `excluded` (checked first),
     `sidecar` (by extension, case-sensitive), `image` (include patterns); no match: neither.
     One match per name instead of three: this runs once per file of the tree."""
-    parts = []
-    for group, patterns in (("excluded", exclude), ("image", include)):
-        joined = "|".join(fnmatch.translate(p) for p in patterns)
-        if joined:
-            parts.append((group, f"(?i:{joined})"))
     sidecar = "|".join(re.escape(ext) for ext in SIDECAR_EXTENSIONS)
-    parts.insert(
-        1 if parts and parts[0][0] == "excluded" else 0, ("sidecar", f".*(?:{sidecar})\\Z")
+    parts = [
+        ("excluded", "|".join(fnmatch.translate(p) for p in exclude)),
+        ("sidecar", None),  # case-sensitive, as `is_sidecar_name`
+        ("image", "|".join(fnmatch.translate(p) for p in include)),
+    ]
+    regex = "|".join(
+        f"(?P<{group}>.*(?:{sidecar})\\Z)" if joined is None else f"(?P<{group}>(?i:{joined}))"
+        for group, joined in parts
+        if joined != ""  # no patterns: the group never matches
     )
-    return re.compile("|".join(f"(?P<{g}>{p})" for g, p in parts), re.DOTALL).match
+    return re.compile(regex, re.DOTALL).match

@@ -243,6 +243,18 @@ def wait_until(
         time.sleep(interval)
 
 
+#: Seconds: the scanner (and the quick check) distrust timestamps younger than this.
+RACY_WINDOW = 2.0
+
+
+def wait_out_racy_window(root: Path) -> None:
+    """Block until every file's ctime (which os.utime cannot move back) is outside the racy
+    window: a condition on the files' own timestamps, not a guess; returns at once if true."""
+    newest = max((p.stat().st_ctime for p in root.rglob("*") if p.is_file()), default=0.0)
+    while time.time() < newest + RACY_WINDOW + 0.05:
+        time.sleep(min(0.1, max(0.0, newest + RACY_WINDOW + 0.05 - time.time())))
+
+
 @contextmanager
 def restored_logging() -> Iterator[None]:
     """Undo what `syncd.cli` does to logging (root handler, levels, structlog config)."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Site, Traffic, make_site, run_cli, sync_pass
+from helpers import Site, Traffic, make_site, run_cli, sync_pass, wait_out_racy_window
 
 from syncd.emulator import Emulator
 from syncd.sample import make_flat_tree
@@ -24,7 +24,6 @@ from harness import count, percentile
 
 IMAGES = 300
 BATCH = 128
-RACY_WINDOW = 2.0  # seconds: the scanner re-reads files changed this recently
 
 
 @pytest.fixture
@@ -35,16 +34,6 @@ def site(tmp_path: Path, emu: Emulator) -> Site:
     for path in site.root.rglob("*.png"):
         os.utime(path, ns=(past, past))  # mtimes in the past, as on a tree at rest
     return site
-
-
-def wait_out_racy_window(root: Path) -> None:
-    """Block until every file's ctime (which os.utime cannot move back) is outside the window.
-
-    A condition on the files' own timestamps, not a guess: returns at once if already true.
-    """
-    newest = max(p.stat().st_ctime for p in root.rglob("*") if p.is_file())
-    while time.time() < newest + RACY_WINDOW + 0.05:
-        time.sleep(min(0.1, max(0.0, newest + RACY_WINDOW + 0.05 - time.time())))
 
 
 def poll_rounds(traffic: Traffic) -> list[list[list[str]]]:

@@ -34,6 +34,7 @@ from helpers import (
     remote_inputs,
     run_syncd,
     site_config,
+    wait_out_racy_window,
     wait_until,
 )
 from hypothesis import given
@@ -49,18 +50,6 @@ from syncd.report import PassOptions, SyncReport
 from syncd.sample import png_bytes
 from syncd.scanner import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FileRecord, Patterns
 from syncd.sidecar import is_sidecar_name
-
-RACY_WINDOW = 2.0  # seconds: the scanner (and the quick check) distrust younger timestamps
-
-
-def wait_out_racy_window(root: Path) -> None:
-    """Block until every file's ctime is outside the racy window: a condition on the files'
-    own timestamps (which os.utime cannot move back), not a guess."""
-    stamps = [p.stat().st_ctime for p in root.rglob("*") if p.is_file()]
-    newest = max(stamps, default=0.0)
-    while time.time() < newest + RACY_WINDOW + 0.05:
-        time.sleep(min(0.1, max(0.0, newest + RACY_WINDOW + 0.05 - time.time())))
-
 
 # --- the walk -----------------------------------------------------------------------------------
 
