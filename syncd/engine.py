@@ -380,8 +380,9 @@ class Engine:
             img = images.get(op.path)
             if img is None:
                 continue
-            sizes[img.path] = img.stat.size
-            if img.sha256 is not None and max(img.stat.mtime_ns, img.stat.ctime_ns) < racy_from:
+            size, mtime_ns, ctime_ns, _ = img.stat.fields()
+            sizes[img.path] = size
+            if img.sha256 is not None and max(mtime_ns, ctime_ns) < racy_from:
                 settled[img.path] = img.stat
         return sizes, settled
 

@@ -269,13 +269,7 @@ class Executor:
         """Whether `data` are the bytes scanned (and hashed) for `op`: proven by an unchanged
         stat for a settled file, by the hash otherwise."""
         scanned = self._settled.get(op.path)
-        if (
-            scanned is not None
-            and scanned.size == after.st_size == len(data)
-            and scanned.mtime_ns == after.st_mtime_ns
-            and scanned.ctime_ns == after.st_ctime_ns
-            and scanned.inode == after.st_ino
-        ):
+        if scanned is not None and after.st_size == len(data) and scanned == FileStat.key(after):
             return True
         return hashlib.sha256(data).hexdigest() == op.sha256
 

@@ -840,13 +840,13 @@ def _scope_bounds(prefix: str) -> tuple[bytes, bytes, bytes]:
 
 
 def _file_row(r: FileRecord, now: float) -> tuple[Any, ...]:
-    st = r.stat
+    size, mtime_ns, ctime_ns, inode = (None,) * 4 if r.stat is None else r.stat.fields()
     return (
         _path_in(r.path),
-        None if st is None else st.size,
-        None if st is None else st.mtime_ns,
-        None if st is None else st.ctime_ns,
-        None if st is None else st.inode,
+        size,
+        mtime_ns,
+        ctime_ns,
+        inode,
         r.sha256,
         int(r.trusted),
         _text_in(r.error),

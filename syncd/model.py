@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,14 +19,60 @@ from typing import Any
 MARKER_KEY = "syncd"
 
 
-@dataclass(frozen=True, slots=True)
-class FileStat:
-    """The stat fields that decide whether a file must be hashed again."""
+_STAT = struct.Struct("<qqqQ")
 
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
+
+class FileStat(bytes):
+    """The stat fields that decide whether a file must be hashed again.
+
+    Packed into 32 bytes: a pass holds one per file (the ledger's cache, then the snapshot),
+    and four int objects plus a dataclass cost ~240 bytes where this costs 72. Equal stats
+    are equal bytes, so comparing two is one memcmp.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> FileStat:
+        return super().__new__(cls, _STAT.pack(size, mtime_ns, ctime_ns, inode))
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    @staticmethod
+    def key(st: os.stat_result) -> bytes:
+        """The packed form of `st` as plain bytes: equal to FileStat.of(st), cheaper to build
+        when it is only compared with a known FileStat."""
+        return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    @property
+    def size(self) -> int:
+        return _STAT.unpack(self)[0]
+
+    @property
+    def mtime_ns(self) -> int:
+        return _STAT.unpack(self)[1]
+
+    @property
+    def ctime_ns(self) -> int:
+        return _STAT.unpack(self)[2]
+
+    @property
+    def inode(self) -> int:
+        return _STAT.unpack(self)[3]
+
+    def fields(self) -> tuple[int, int, int, int]:
+        """(size, mtime_ns, ctime_ns, inode)."""
+        return _STAT.unpack(self)
+
+    def __getnewargs__(self) -> tuple[int, int, int, int]:  # type: ignore[override]
+        return self.fields()
+
+    def __repr__(self) -> str:
+        size, mtime_ns, ctime_ns, inode = self.fields()
+        return f"FileStat(size={size}, mtime_ns={mtime_ns}, ctime_ns={ctime_ns}, inode={inode})"
+
+    __str__ = __repr__
 
 
 def normalize_metadata(value: Any) -> Any:

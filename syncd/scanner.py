@@ -495,10 +495,7 @@ class _Scan:
             known is not None
             and known.trusted
             and st.st_size <= self.max_file_bytes
-            and known.stat.size == st.st_size
-            and known.stat.mtime_ns == st.st_mtime_ns
-            and known.stat.ctime_ns == st.st_ctime_ns
-            and known.stat.inode == st.st_ino
+            and known.stat == FileStat.key(st)
         ):
             # unchanged: reuse the ledger's objects (FileStat, sha256 str) rather than holding
             # an equal copy of each for every file of the tree
@@ -506,7 +503,7 @@ class _Scan:
             sha256, file_problem, trusted, hashed = known.sha256, None, True, False
         else:
             known = None
-            fstat = FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            fstat = FileStat.of(st)
             sha256, file_problem, trusted, hashed = self._content(rel, fstat)
             if sha256 is not None:
                 sha256 = intern(sha256)
@@ -555,7 +552,7 @@ class _Scan:
         self.counts["bytes_hashed"] += size
         try:
             after = self.stat(path)
-            same = FileStat(after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino)
+            same = FileStat.of(after)
         except OSError:
             same = None
         if same != fstat or size != fstat.size:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,33 @@ def test_unsettled_or_changed_file_is_hashed(
     assert outcome.added == [] and outcome.skipped[0][0] == "a.png"
     good_sha = hashlib.sha256(image.read_bytes()).hexdigest()
     assert _send(tmp_path, emulator_url, api_key, good_sha, {"a.png": scanned}).added == ["id-a"]
+
+
+@given(
+    st.integers(0, 2**63 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 2**64 - 1),
+)
+def test_packed_file_stat_keeps_every_field(size: int, mtime: int, ctime: int, inode: int) -> None:
+    """FileStat packs its four fields into 32 bytes (memory per file): nothing is lost, equal
+    stats are equal (and hash equal), and any one field differing makes them differ."""
+    packed = FileStat(size, mtime, ctime, inode)
+    assert packed.fields() == (size, mtime, ctime, inode)
+    assert (packed.size, packed.mtime_ns, packed.ctime_ns, packed.inode) == packed.fields()
+    twin = FileStat(size=size, mtime_ns=mtime, ctime_ns=ctime, inode=inode)
+    assert packed == twin and hash(packed) == hash(twin)
+    assert pickle.loads(pickle.dumps(packed)) == packed
+    assert FileStat(size, mtime, ctime, inode ^ 1) != packed
+    assert FileStat(size, mtime ^ 1, ctime, inode) != packed
+    assert repr(packed) == (
+        f"FileStat(size={size}, mtime_ns={mtime}, ctime_ns={ctime}, inode={inode})"
+    )
+
+
+def test_file_stat_key_equals_the_stat_it_packs(tmp_path: Path) -> None:
+    """The scanner compares a known FileStat with FileStat.key(os.stat(...)), plain bytes."""
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    st_ = os.stat(tmp_path / "f")
+    assert FileStat.key(st_) == FileStat.of(st_) == _stat_of(tmp_path / "f")
+    assert FileStat.of(st_).size == 10

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import os
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from images import jpeg_bytes, png_bytes, write_image
 from structlog.testing import capture_logs
 
-from syncd.model import Labels, derive_input_id
+from syncd.model import FileStat, Labels, derive_input_id
 from syncd.scanner import (
     CHANGED,
     DEFAULT_EXCLUDE,
@@ -367,7 +366,8 @@ def test_stale_known_hash_is_not_reused(tmp_path: Path) -> None:
     first = run(tmp_path)
     record = first.files[0]
     assert record.stat is not None
-    moved = KnownFile(dataclasses.replace(record.stat, inode=1), "0" * 64, trusted=True)
+    size, mtime_ns, ctime_ns, _ = record.stat.fields()
+    moved = KnownFile(FileStat(size, mtime_ns, ctime_ns, 1), "0" * 64, trusted=True)
     image = run(tmp_path, known={"a.jpg": moved}).snapshot.images["a.jpg"]
     assert image.hashed and image.sha256 == record.sha256
 
