@@ -360,6 +360,9 @@ class Daemon:
             while not job.done.wait(0.1):
                 if self._clock() >= deadline or self._signals > 1:  # a second signal: now
                     self._abandon(job)
+        if job is not None and job.done.is_set():
+            # a pass that ended while stopping still counts (totals, a recovery, a failure)
+            self._finish(job, self._clock())
         if self.engine is not None:
             try:
                 self.engine.close()
@@ -577,7 +580,7 @@ class Daemon:
             log.warning("delete_guard_tripped", reason=report.guard)
         if job.kind in ("catchup", "rescan"):
             self._schedule_rescan(now)
-        if not self.ready_sent:
+        if not self.ready_sent and self._stop_signal is None:
             self._ready()
 
     def _failed(self, job: Job, error: BaseException, now: float) -> None:

@@ -559,7 +559,7 @@ class FlakyEngine:
         self.closed = True
 
 
-def run_in_process(tmp_path: Path, engine: FlakyEngine, until: Callable[[], bool]) -> Daemon:
+def run_in_process(tmp_path: Path, engine: FlakyEngine, until: Callable[[Daemon], bool]) -> Daemon:
     root = tmp_path / "data"
     root.mkdir(exist_ok=True)
     config = load_config(
@@ -572,7 +572,7 @@ def run_in_process(tmp_path: Path, engine: FlakyEngine, until: Callable[[], bool
 
     def stop_when_done() -> None:
         deadline = time.monotonic() + TIMEOUT
-        while not until() and time.monotonic() < deadline:
+        while not until(daemon) and time.monotonic() < deadline:
             time.sleep(0.01)
         daemon.request_stop()
 
@@ -590,7 +590,9 @@ def test_remote_outage_is_logged_once_then_recovered(tmp_path: Path) -> None:
     remote_recovered line; the daemon keeps running."""
     engine = FlakyEngine(TransientError("connection refused"), failures=4)
     with capture_logs() as logs:
-        daemon = run_in_process(tmp_path, engine, lambda: engine.calls >= 5)
+        # stopped once the daemon has taken the first good pass's result, not merely once
+        # the engine returned it (the daemon may not have looked at it yet)
+        daemon = run_in_process(tmp_path, engine, lambda d: d.passes >= 1)
     names = [e["event"] for e in logs]
     assert names.count("remote_unavailable") == 1
     assert names.count("remote_recovered") == 1
@@ -603,10 +605,45 @@ def test_auth_failure_keeps_watching(tmp_path: Path) -> None:
     """A refused key is logged loudly with a fix, retried at the backoff cap, and not fatal."""
     engine = FlakyEngine(AuthError("the remote refused the API key"), failures=2)
     with capture_logs() as logs:
-        run_in_process(tmp_path, engine, lambda: engine.calls >= 3)
+        run_in_process(tmp_path, engine, lambda _d: engine.calls >= 3)
     auth = [e for e in logs if e["event"] == "remote_auth_failed"]
     assert len(auth) == 1
     assert "SIGHUP" in auth[0]["fix"]
+
+
+def test_a_pass_that_ends_while_stopping_is_counted(tmp_path: Path) -> None:
+    """Stop requested while the catch-up pass is in flight: the daemon waits for it, takes
+    its result (passes and totals in daemon_stopped), and sends no READY=1 while stopping."""
+    started, release = threading.Event(), threading.Event()
+
+    class SlowEngine(FlakyEngine):
+        def sync_once(self, options: Any) -> SyncReport:
+            started.set()
+            release.wait(TIMEOUT)
+            super().sync_once(options)
+            return SyncReport(added=3)
+
+    engine = SlowEngine(TransientError("unused"), failures=0)
+
+    def stop_then_release() -> None:
+        started.wait(TIMEOUT)
+        daemon.request_stop()
+        release.set()
+
+    root = tmp_path / "data"
+    root.mkdir()
+    config = load_config(
+        None, environ={}, overrides={"source.root": str(root), "ledger.path": str(tmp_path / "l")}
+    )
+    daemon = Daemon(config, engine_factory=lambda _c: engine, environ={})
+    stopper = threading.Thread(target=stop_then_release)
+    stopper.start()
+    with capture_logs() as logs:
+        assert daemon.run() == 0
+    stopper.join()
+    stopped = next(e for e in logs if e["event"] == "daemon_stopped")
+    assert stopped["passes"] == 1 and stopped["added"] == 3
+    assert daemon.passes == 1 and not daemon.ready_sent
 
 
 def test_watchdog_pings_only_while_the_pass_makes_progress(tmp_path: Path) -> None:
