@@ -815,9 +815,11 @@ def _explain_hashing(known: Mapping[str, KnownFile], result: ScanResult) -> list
             why = "modified close to the last scan (racy timestamp): hashed again"
         else:
             fields = [
-                f.name
-                for f in dataclasses.fields(rec.stat)
-                if getattr(rec.stat, f.name) != getattr(old.stat, f.name)
+                name
+                for name, now, before in zip(
+                    FileStat.NAMES, rec.stat.fields(), old.stat.fields(), strict=True
+                )
+                if now != before
             ]
             if not fields:
                 continue

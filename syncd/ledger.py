@@ -44,7 +44,14 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from syncd.errors import LedgerError, LedgerLocked
-from syncd.model import FileStat, InputRecord, InputState, Labels
+from syncd.model import (
+    FileStat,
+    InputRecord,
+    InputState,
+    Labels,
+    MarkerLabels,
+    marker_only_metadata,
+)
 from syncd.quickcheck import lines_digest
 from syncd.scanner import FileRecord, KnownFile
 
@@ -466,10 +473,11 @@ class Ledger:
         if states is not None:
             params = [InputState(state).value for state in states]
             query += f" WHERE state IN ({', '.join('?' * len(params))})"
+        source = self.get_meta("source_name")
         with self._reading() as conn:
             out: dict[str, InputRecord] = {}
             for row in conn.execute(query, params):
-                record = _input_out(row)
+                record = _input_out(row, source)
                 out[record.input_id] = record  # keyed by the record's (interned) id: one str
             return out
 
@@ -477,17 +485,18 @@ class Ledger:
         """The inputs whose path is under one of `scope`'s prefixes, and those with these
         ids: all a scoped pass plans with (at 100,000 inputs, loading all of them is ~0.5 s)."""
         query = f"SELECT {_INPUT_COLUMNS} FROM inputs"
+        source = self.get_meta("source_name")
         with self._reading() as conn:
             out: dict[str, InputRecord] = {}
             for row in _rows_in_scope(conn, query, scope, where=False):
-                record = _input_out(row)
+                record = _input_out(row, source)
                 out[record.input_id] = record
             missing = [i for i in dict.fromkeys(ids) if i not in out]
             for start in range(0, len(missing), 500):
                 chunk = missing[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
                 for row in conn.execute(f"{query} WHERE input_id IN ({marks})", chunk):
-                    record = _input_out(row)
+                    record = _input_out(row, source)
                     out[record.input_id] = record
             return out
 
@@ -533,7 +542,7 @@ class Ledger:
             row = conn.execute(
                 f"SELECT {_INPUT_COLUMNS} FROM inputs WHERE input_id = ?", (input_id,)
             ).fetchone()
-        return None if row is None else _input_out(row)
+        return None if row is None else _input_out(row, self.get_meta("source_name"))
 
     def put_inputs(self, records: Iterable[InputRecord], *, attempt: bool = False) -> None:
         """Upsert `records` in one transaction.
@@ -888,20 +897,32 @@ def _shared(value: Any) -> Any:
     return _SHARED.setdefault(value, value)
 
 
-def _input_out(row: tuple[Any, ...]) -> InputRecord:
+def _input_out(row: tuple[Any, ...], source: str | None) -> InputRecord:
+    """An inputs row as an InputRecord; `source` is the ledger's source name (None: unknown)."""
     input_id, path, state, sha, concepts, metadata, code, description, error = row
-    labels = None
-    if concepts is not None and metadata is not None:
-        labels = Labels(
-            () if concepts == "[]" else tuple((str(c), float(v)) for c, v in json.loads(concepts)),
-            metadata.decode("utf-8", "surrogatepass"),
-        )
     # ids, paths and hashes interned: shared with the scan's snapshot and the file cache
+    path = intern(path.decode("utf-8", "surrogateescape"))
+    sha = None if sha is None else intern(sha)
+    labels: Labels | None = None
+    if concepts is not None and metadata is not None:
+        concept_values = (
+            () if concepts == "[]" else tuple((str(c), float(v)) for c, v in json.loads(concepts))
+        )
+        text = metadata.decode("utf-8", "surrogatepass")
+        if (
+            source is not None
+            and sha is not None
+            and text == marker_only_metadata(source, path, sha)
+        ):
+            # the usual metadata, spelled again when needed rather than held (MarkerLabels)
+            labels = MarkerLabels(concept_values, source, path, sha)
+        else:
+            labels = Labels(concept_values, text)
     return InputRecord(
         intern(input_id),
-        intern(path.decode("utf-8", "surrogateescape")),
+        path,
         _STATES.get(state) or InputState(state),
-        None if sha is None else intern(sha),
+        sha,
         labels,
         _shared(code),
         _shared(description),

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 #: Reserved metadata key under which syncd records ownership of an input.
@@ -31,6 +32,7 @@ class FileStat(bytes):
     """
 
     __slots__ = ()
+    NAMES = ("size", "mtime_ns", "ctime_ns", "inode")
 
     def __new__(cls, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> FileStat:
         return super().__new__(cls, _STAT.pack(size, mtime_ns, ctime_ns, inode))
@@ -111,9 +113,13 @@ def make_concepts(values: Mapping[str, bool | float]) -> Concepts:
     return tuple(sorted((cid, 1.0 if float(v) > 0.5 else 0.0) for cid, v in values.items()))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Labels:
-    """What an input carries besides its bytes: concepts and metadata (canonical JSON)."""
+    """What an input carries besides its bytes: concepts and metadata (canonical JSON).
+
+    Two Labels are equal when their concepts and metadata text are, whatever their class
+    (see MarkerLabels).
+    """
 
     concepts: Concepts = ()
     metadata: str = "{}"
@@ -128,6 +134,79 @@ class Labels:
 
     def concepts_dict(self) -> dict[str, float]:
         return dict(self.concepts)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Labels):
+            return NotImplemented
+        return self.concepts == other.concepts and self.metadata == other.metadata
+
+    def __hash__(self) -> int:
+        return hash((self.concepts, self.metadata))
+
+
+class MarkerLabels(Labels):
+    """Labels whose metadata is syncd's ownership marker and nothing else: the common case.
+
+    The metadata text (`marker_only_metadata(source, path, sha256)`) is spelled when asked
+    for, not held: a pass holds labels for every input (the beliefs, and an initial sync's
+    planned adds), and the path and hash strings are already held by the snapshot and the
+    ledger rows, where that text would cost ~180 bytes more per input.
+    """
+
+    __slots__ = ("path", "sha256", "source")
+    source: str
+    path: str
+    sha256: str
+
+    def __init__(self, concepts: Concepts, source: str, path: str, sha256: str) -> None:
+        object.__setattr__(self, "concepts", concepts)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "sha256", sha256)
+
+    @property  # type: ignore[override]
+    def metadata(self) -> str:
+        return marker_only_metadata(self.source, self.path, self.sha256)
+
+    def __eq__(self, other: object) -> bool:
+        if (
+            isinstance(other, MarkerLabels)
+            and self.path == other.path
+            and self.sha256 == other.sha256
+            and self.source == other.source
+        ):
+            return self.concepts == other.concepts
+        return Labels.__eq__(self, other)
+
+    def __hash__(self) -> int:
+        return Labels.__hash__(self)
+
+    def __repr__(self) -> str:
+        return f"MarkerLabels(concepts={self.concepts!r}, metadata={self.metadata!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MarkerLabels, (self.concepts, self.source, self.path, self.sha256))
+
+
+def marker_only_metadata(source_name: str, path: str, sha256: str) -> str:
+    """`canonical_json({MARKER_KEY: Marker(source_name, marker_path(path), sha256).as_dict()})`,
+    byte for byte, spelled out directly.
+
+    It is built for every image of every pass and json.dumps(sort_keys=True) of the nested
+    dict costs several microseconds; this is the same text: keys in sorted order ("path" <
+    "sha256" < "source"), compact separators, and each string encoded by the very function
+    json.dumps uses with ensure_ascii=False. tests/test_perf_paths.py checks it against
+    canonical_json over odd paths.
+    """
+    return (
+        f'{{{_MARKER_KEY_JSON}:{{"path":{encode_basestring(marker_path(path))},'
+        f'"sha256":{encode_basestring(sha256)},"source":{encode_basestring(source_name)}}}}}'
+    )
+
+
+_MARKER_KEY_JSON = encode_basestring(MARKER_KEY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from syncd.model import (
@@ -29,6 +28,7 @@ from syncd.model import (
     LocalImage,
     LocalSnapshot,
     Marker,
+    MarkerLabels,
     Operation,
     OpKind,
     RemoteInput,
@@ -52,33 +52,12 @@ def state_for_code(code: int | None) -> InputState:
     return InputState.FAILED
 
 
-def marker_only_metadata(source_name: str, path: str, sha256: str) -> str:
-    """`canonical_json({MARKER_KEY: Marker(source_name, marker_path(path), sha256).as_dict()})`,
-    byte for byte, spelled out directly.
-
-    It is built for every image of every pass and json.dumps(sort_keys=True) of the nested
-    dict costs several microseconds; this is the same text: keys in sorted order ("path" <
-    "sha256" < "source"), compact separators, and each string encoded by the very function
-    json.dumps uses with ensure_ascii=False. tests/test_perf_paths.py checks it against
-    canonical_json over odd paths.
-    """
-    return (
-        f'{{{_MARKER_KEY_JSON}:{{"path":{encode_basestring(marker_path(path))},'
-        f'"sha256":{encode_basestring(sha256)},"source":{encode_basestring(source_name)}}}}}'
-    )
-
-
-_MARKER_KEY_JSON = encode_basestring(MARKER_KEY)
-
-
 def desired_labels(image: LocalImage, source_name: str) -> Labels:
     """The labels an input should carry: the sidecar's, plus syncd's ownership marker."""
     assert image.labels is not None and image.sha256 is not None
     if image.labels.metadata == "{}":
         # the common case, without a parse: the marker is the only key
-        return Labels(
-            image.labels.concepts, marker_only_metadata(source_name, image.path, image.sha256)
-        )
+        return MarkerLabels(image.labels.concepts, source_name, image.path, image.sha256)
     marker = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
     metadata = image.labels.metadata_dict()
     metadata[MARKER_KEY] = marker

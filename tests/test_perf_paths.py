@@ -20,12 +20,13 @@ from syncd.model import (
     FileStat,
     Labels,
     Marker,
+    MarkerLabels,
     Operation,
     OpKind,
     canonical_json,
+    marker_only_metadata,
     marker_path,
 )
-from syncd.planner import marker_only_metadata
 from syncd.scanner import FileRecord
 
 # Path-ish text: quotes, backslashes, control characters, non-BMP characters and surrogate
@@ -145,3 +146,61 @@ def test_file_stat_key_equals_the_stat_it_packs(tmp_path: Path) -> None:
     st_ = os.stat(tmp_path / "f")
     assert FileStat.key(st_) == FileStat.of(st_) == _stat_of(tmp_path / "f")
     assert FileStat.of(st_).size == 10
+
+
+CONCEPTS = st.lists(
+    st.tuples(st.text(min_size=1, max_size=5), st.sampled_from([0.0, 1.0])), max_size=3
+).map(lambda pairs: tuple(sorted(dict(pairs).items())))
+
+
+@given(
+    concepts=CONCEPTS,
+    path=ODD_TEXT,
+    other_path=ODD_TEXT,
+    source=ODD_TEXT,
+    sha=st.sampled_from(["ab" * 32, "cd" * 32]),
+)
+def test_marker_labels_equal_the_labels_they_spell(
+    concepts: tuple[tuple[str, float], ...], path: str, other_path: str, source: str, sha: str
+) -> None:
+    """MarkerLabels (held by the beliefs and an initial sync's adds instead of the metadata
+    text) is interchangeable with the Labels spelling that text: equal both ways, equal
+    hashes, the same metadata, and equal to another MarkerLabels exactly when the texts are."""
+    lazy = MarkerLabels(concepts, source, path, sha)
+    spelled = Labels(concepts, marker_only_metadata(source, path, sha))
+    assert lazy.metadata == spelled.metadata
+    assert lazy == spelled and spelled == lazy and hash(lazy) == hash(spelled)
+    assert lazy.metadata_dict() == {
+        MARKER_KEY: {"source": source, "path": marker_path(path), "sha256": sha}
+    }
+    assert pickle.loads(pickle.dumps(lazy)) == lazy
+    other = MarkerLabels(concepts, source, other_path, sha)
+    same_text = marker_path(path) == marker_path(other_path)
+    assert (lazy == other) is same_text and (other == spelled) is same_text
+    assert lazy != MarkerLabels((*concepts, ("zz-extra", 1.0)), source, path, sha)
+    assert lazy != Labels(concepts, "{}")
+
+
+def test_ledger_reads_marker_only_metadata_as_marker_labels(tmp_path: Path) -> None:
+    """The ledger hands back marker-only metadata as MarkerLabels (equal to what it stored)
+    and any other metadata as plain Labels."""
+    from syncd.model import InputRecord, InputState
+
+    sha = "ab" * 32
+    plain = Labels((("cat", 1.0),), marker_only_metadata("src", "a.png", sha))
+    extra = Labels((), canonical_json({MARKER_KEY: {"source": "src"}, "k": "v"}))
+    foreign = Labels((), marker_only_metadata("other-source", "b.png", sha))
+    with Ledger.open(tmp_path / "l.db") as ledger:
+        ledger.check_identity(source_name="src", remote="r")
+        ledger.put_inputs(
+            [
+                InputRecord("a", "a.png", InputState.PROCESSED, sha, plain),
+                InputRecord("b", "b.png", InputState.PROCESSED, sha, foreign),
+                InputRecord("c", "c.png", InputState.PROCESSED, sha, extra),
+            ]
+        )
+        got = ledger.inputs()
+        assert isinstance(got["a"].labels, MarkerLabels) and got["a"].labels == plain
+        assert type(got["b"].labels) is Labels and got["b"].labels == foreign
+        assert type(got["c"].labels) is Labels and got["c"].labels == extra
+        assert ledger.input("a") == got["a"]
