@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 BLOCKED_KEY = "blocked_ids"
 #: How many times one pass re-plans after replacement deletes complete.
 MAX_ROUNDS = 3
+#: settled inputs written per ledger transaction while a poll round reads its pages
+POLL_WRITE_BATCH = 2_000
 
 
 class Engine:
@@ -92,7 +94,7 @@ class Engine:
                 self._run(options, report)
             # what the report shows of an operation (kind, id, path, reason), without the
             # labels: at 100,000 adds they are ~25 MB held only for the summary and --json
-            report.planned = [_without_labels(op) for op in report.planned]
+            _drop_labels(report.planned)
         finally:
             self.progress.close()
             report.seconds = round(self.clock() - started, 3)
@@ -216,9 +218,9 @@ class Engine:
             self._set_blocked({**blocked, **executor.outcome.blocked})
         # let go of what the final poll does not need: at 100,000 adds the operations' labels,
         # the snapshot and the beliefs are most of the pass's memory
-        report.planned = [_without_labels(op) for op in report.planned]
         judged_whole = snapshot.root_problem is None and not snapshot.unscanned
         del snapshot, ops, beliefs, executor
+        _drop_labels(report.planned)
         if options.wait:
             self.poll(deadline=self.clock() + cfg.sync.poll_timeout)
         self._report_states(report)
@@ -406,7 +408,11 @@ class Engine:
         report.skipped.extend(sorted(result.skipped.items()))
         if not options.dry_run:
             skipped = [FileRecord(p, None, None, False, why) for p, why in result.skipped.items()]
-            self.ledger.record_files([*result.files, *skipped], scope=options.scope)
+            self.ledger.record_files(
+                [*result.changed, *skipped],
+                scope=options.scope,
+                seen=result.seen_paths() | result.skipped.keys(),
+            )
         return result.snapshot
 
     def list_remote(
@@ -454,51 +460,65 @@ class Engine:
         waiting = self.ledger.input_states((InputState.PENDING, InputState.DELETING))
         self.progress.stage("processing", lambda: f"{len(waiting)} inputs still processing")
         while waiting:
-            # one request per page of ids, `workers` of them at a time; only the status of
-            # each listed input is kept: holding the records themselves (raw JSON with
-            # metadata) for every pending input would dominate peak memory
-            present: dict[str, tuple[int | None, str]] = {}
-            for page in pool.map(self._statuses, chunk_ids(list(waiting), MAX_IDS_PER_LIST)):
-                present.update(page)
+            # one request per page of ids, `workers` of them at a time; each page's answers
+            # (only the status of each listed input) are judged as they come and written in
+            # bounded transactions: at 100,000 pending inputs, every answer and update of a
+            # round held at once was the initial sync's peak memory
+            chunks = list(chunk_ids(list(waiting), MAX_IDS_PER_LIST))
             updates: list[tuple[str, InputState, int | None, str | None, str | None]] = []
             gone: list[str] = []
-            for input_id, was in list(waiting.items()):
-                found = present.get(input_id)
-                if was is InputState.DELETING:
+            for chunk, present in zip(chunks, pool.map(self._statuses, chunks), strict=True):
+                for input_id in chunk:
+                    was, found = waiting[input_id], present.get(input_id)
+                    if was is InputState.DELETING:
+                        if found is None:
+                            gone.append(input_id)
+                            del waiting[input_id]
+                        continue
                     if found is None:
-                        gone.append(input_id)
+                        gone.append(input_id)  # lost remotely: the next plan adds it again
                         del waiting[input_id]
-                    continue
-                if found is None:
-                    gone.append(input_id)  # lost remotely: the next plan adds it again
-                    del waiting[input_id]
-                    log.warning(
-                        "input_missing_remotely", input_id=input_id, path=self._path_of(input_id)
-                    )
-                    continue
-                code, description = found
-                state = state_for_code(code)
-                if state is not InputState.PENDING:
-                    error = None
-                    if state is InputState.FAILED:
-                        error = f"{code} {description}".strip()
                         log.warning(
-                            "input_failed",
+                            "input_missing_remotely",
                             input_id=input_id,
                             path=self._path_of(input_id),
-                            reason=error,
                         )
-                    updates.append((input_id, state, code, description, error))
-                    del waiting[input_id]
-            with self.ledger.transaction():
-                # only the state columns change: the row's path, hash and labels stay as written
-                self.ledger.set_input_states(updates)
-                self.ledger.drop_inputs(gone)
+                        continue
+                    code, description = found
+                    state = state_for_code(code)
+                    if state is not InputState.PENDING:
+                        error = None
+                        if state is InputState.FAILED:
+                            error = f"{code} {description}".strip()
+                            log.warning(
+                                "input_failed",
+                                input_id=input_id,
+                                path=self._path_of(input_id),
+                                reason=error,
+                            )
+                        updates.append((input_id, state, code, description, error))
+                        del waiting[input_id]
+                if len(updates) + len(gone) >= POLL_WRITE_BATCH:
+                    self._record_settled(updates, gone)
+                    updates, gone = [], []
+            self._record_settled(updates, gone)
             if not waiting or self.clock() >= deadline:
                 break
             self.sleep(min(interval, max(0.0, deadline - self.clock())))
             interval = min(interval * 1.5, 2.0)
         return len(waiting)
+
+    def _record_settled(
+        self,
+        updates: list[tuple[str, InputState, int | None, str | None, str | None]],
+        gone: list[str],
+    ) -> None:
+        """Write what a poll learnt: settled states, and inputs no longer listed."""
+        if updates or gone:
+            with self.ledger.transaction():
+                # only the state columns change: the path, hash and labels stay as written
+                self.ledger.set_input_states(updates)
+                self.ledger.drop_inputs(gone)
 
     def _path_of(self, input_id: str) -> str | None:
         """The path of one input, for a log line (the poll holds no paths)."""
@@ -781,6 +801,14 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
+def _drop_labels(ops: list[Operation]) -> None:
+    """Replace each operation by its copy without labels, in place: a second list of 100,000
+    operations would be held next to the first for a moment."""
+    for i, op in enumerate(ops):
+        if op.labels is not None or op.remove is not None or op.merge is not None:
+            ops[i] = _without_labels(op)
+
+
 def _without_labels(op: Operation) -> Operation:
     if op.labels is None and op.remove is None and op.merge is None:
         return op
@@ -805,7 +833,7 @@ def _hold_blocked(snapshot: LocalSnapshot, blocked: Mapping[str, str]) -> LocalS
 
 def _explain_hashing(known: Mapping[str, KnownFile], result: ScanResult) -> list[dict[str, str]]:
     out = []
-    for rec in result.files:
+    for rec in result.changed:
         old = known.get(rec.path)
         if rec.stat is None:
             continue

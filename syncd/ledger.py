@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from sys import intern
@@ -349,43 +349,55 @@ class Ledger:
                 for p, s, m, c, i, h, t, n in rows
             }
 
-    def record_files(self, records: Iterable[FileRecord], *, scope: Sequence[str] | None) -> None:
+    def record_files(
+        self,
+        records: Iterable[FileRecord],
+        *,
+        scope: Sequence[str] | None,
+        seen: Collection[str] | None = None,
+    ) -> None:
         """Upsert `records`; then forget cached paths under `scope` that are not among them.
 
         `scope` None means the records are a full scan and replace the table. A scope prefix
         covers itself and everything below it ("" or "." covers everything), as in
         `LocalSnapshot.covers`. Records marked `unchanged` (the row already says exactly that)
         are not written again, so a pass over an unchanged tree writes nothing; `seen_at` is
-        the time a row was last written.
+        the time a row was last written. `seen`, when given, is every path the scan saw (the
+        records' paths and those of unchanged files that have no record): no other row under
+        `scope` is forgotten.
         """
         now = self._clock()
         if not isinstance(records, Sequence):
             records = list(records)  # read twice below
+        if seen is None:
+            seen = {r.path for r in records}
         full = scope is None or any(s in ("", ".") for s in scope)
-        rows = [_file_row(r, now) for r in records if not r.unchanged]
+        written = sum(1 for r in records if not r.unchanged)
         with self.transaction():
             conn = self._live().conn
-            if rows:
+            if written:
                 conn.execute(_CLEAR_IN_STEP)
-            conn.executemany(_UPSERT_FILE, rows)
+            # rows made one at a time as SQLite asks for them: a list of 100,000 rows (new int
+            # objects for every stat field) was the initial sync's peak for a moment (~30 MB)
+            conn.executemany(_UPSERT_FILE, (_file_row(r, now) for r in records if not r.unchanged))
             if full:
                 # Every seen path now has a row (unchanged ones had one already), so when the
                 # table holds exactly as many rows as paths were seen, none has vanished.
                 total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
-                if total == len({r.path for r in records}):
-                    log.debug("ledger_files_recorded", upserted=len(rows), deleted=0)
+                if total == len(seen):
+                    log.debug("ledger_files_recorded", upserted=written, deleted=0)
                     return
-            deleted = self._forget_unseen(conn, records, None if full else scope)
-        log.debug("ledger_files_recorded", upserted=len(rows), deleted=deleted)
+            deleted = self._forget_unseen(conn, seen, None if full else scope)
+        log.debug("ledger_files_recorded", upserted=written, deleted=deleted)
 
     def _forget_unseen(
-        self, conn: sqlite3.Connection, records: Iterable[FileRecord], scope: Sequence[str] | None
+        self, conn: sqlite3.Connection, seen: Iterable[str], scope: Sequence[str] | None
     ) -> int:
-        """Delete the cached paths (under `scope`; None: all) that are not among `records`."""
+        """Delete the cached paths (under `scope`; None: all) that are not in `seen`."""
         conn.execute("DELETE FROM temp.seen_paths")
         conn.executemany(
             "INSERT OR IGNORE INTO temp.seen_paths(path) VALUES (?)",
-            ((_path_in(r.path),) for r in records),
+            ((_path_in(path),) for path in seen),
         )
         deleted = 0
         if scope is None:
