@@ -17,6 +17,7 @@ from syncd.ledger import Ledger
 from syncd.model import (
     MARKER_KEY,
     FileStat,
+    InputState,
     Labels,
     Marker,
     Operation,
@@ -114,3 +115,23 @@ def test_unsettled_or_changed_file_is_hashed(
     assert outcome.added == [] and outcome.skipped[0][0] == "a.png"
     good_sha = hashlib.sha256(image.read_bytes()).hexdigest()
     assert _send(tmp_path, emulator_url, api_key, good_sha, {"a.png": scanned}).added == ["id-a"]
+
+
+def test_add_outcome_updates_the_intent_row_in_place(
+    tmp_path: Path, emulator_url: str, api_key: str
+) -> None:
+    """The outcome of an add changes only the state columns of its intent row: the path,
+    hash and labels written with the intent stay, and the row reads back as the whole
+    record an upsert of the outcome would have written."""
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes(1))
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    _send(tmp_path, emulator_url, api_key, sha, {})
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        row = ledger.input("id-a")
+        assert ledger.attempts() == {}
+    assert row is not None
+    assert (row.path, row.sha256, row.error) == ("a.png", sha, None)
+    assert row.labels == Labels((), marker_only_metadata("src", "a.png", sha))
+    assert row.state is InputState.PENDING and row.code == 30001
+    assert row.description
