@@ -44,6 +44,9 @@ class Api(Protocol):
 class LedgerWriter(Protocol):
     def put_inputs(self, records: Iterable[InputRecord]) -> None: ...
     def drop_inputs(self, ids: Iterable[str]) -> None: ...
+    def set_input_states(
+        self, updates: Iterable[tuple[str, InputState, int | None, str | None, str | None]]
+    ) -> None: ...
 
 
 @dataclass
@@ -159,10 +162,15 @@ class Executor:
         return payload, sendable
 
     def _send_adds(self, payload: list[dict[str, Any]], sendable: list[Operation]) -> None:
-        """Send one prepared batch and record each input's outcome."""
+        """Send one prepared batch and record each input's outcome.
+
+        The outcome changes only the state columns of the intent row written for the same
+        operation just before (path, hash and labels are the intent's): an UPDATE of those,
+        not an upsert of whole rows, which would encode every input's labels a second time.
+        """
         results = self._send_splitting("add", self.api.add_inputs, payload, sendable)
         payload.clear()  # the encoded images are not needed while the outcome is recorded
-        records: list[InputRecord] = []
+        updates: list[tuple[str, InputState, int | None, str | None, str | None]] = []
         duplicates: list[Operation] = []
         for op, result in results:
             if result is None:
@@ -170,25 +178,19 @@ class Executor:
             if result.duplicate:
                 duplicates.append(op)
             elif result.ok:
-                records.append(_record(op, op.labels, result.code, result.description))
+                state = state_for_code(result.code)
+                updates.append((op.input_id, state, result.code, result.description, None))
                 self.outcome.record(lambda o, i=op.input_id: o.added.append(i))
             else:
                 reason = _reason(result)
-                records.append(
-                    _record(
-                        op,
-                        op.labels,
-                        result.code,
-                        result.description,
-                        InputState.FAILED,
-                        error=reason,
-                    )
+                updates.append(
+                    (op.input_id, InputState.FAILED, result.code, result.description, reason)
                 )
                 self.outcome.record(
                     lambda o, op=op, r=reason: o.failed.append((op.input_id, op.path, r))
                 )
                 log.warning("add_failed", path=op.path, input_id=op.input_id, reason=reason)
-        self.ledger.put_inputs(records)
+        self.ledger.set_input_states(updates)
         for op in duplicates:
             self._adopt(op)
 
@@ -467,26 +469,6 @@ def _concepts_json(labels: Labels) -> list[dict[str, Any]]:
 def _intent(op: Operation, state: InputState) -> InputRecord:
     return InputRecord(
         input_id=op.input_id, path=op.path, state=state, sha256=op.sha256, labels=op.labels
-    )
-
-
-def _record(
-    op: Operation,
-    labels: Labels | None,
-    code: int,
-    description: str,
-    state: InputState | None = None,
-    error: str | None = None,
-) -> InputRecord:
-    return InputRecord(
-        input_id=op.input_id,
-        path=op.path,
-        state=state or state_for_code(code),
-        sha256=op.sha256,
-        labels=labels,
-        code=code,
-        description=description,
-        error=error,
     )
 
 

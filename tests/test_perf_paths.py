@@ -18,6 +18,7 @@ from syncd.ledger import Ledger
 from syncd.model import (
     MARKER_KEY,
     FileStat,
+    InputState,
     Labels,
     Marker,
     MarkerLabels,
@@ -184,7 +185,7 @@ def test_marker_labels_equal_the_labels_they_spell(
 def test_ledger_reads_marker_only_metadata_as_marker_labels(tmp_path: Path) -> None:
     """The ledger hands back marker-only metadata as MarkerLabels (equal to what it stored)
     and any other metadata as plain Labels."""
-    from syncd.model import InputRecord, InputState
+    from syncd.model import InputRecord
 
     sha = "ab" * 32
     plain = Labels((("cat", 1.0),), marker_only_metadata("src", "a.png", sha))
@@ -204,3 +205,23 @@ def test_ledger_reads_marker_only_metadata_as_marker_labels(tmp_path: Path) -> N
         assert type(got["b"].labels) is Labels and got["b"].labels == foreign
         assert type(got["c"].labels) is Labels and got["c"].labels == extra
         assert ledger.input("a") == got["a"]
+
+
+def test_add_outcome_updates_the_intent_row_in_place(
+    tmp_path: Path, emulator_url: str, api_key: str
+) -> None:
+    """The outcome of an add changes only the state columns of its intent row: the path,
+    hash and labels written with the intent stay, and the row reads back as the whole
+    record an upsert of the outcome would have written."""
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes(1))
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    _send(tmp_path, emulator_url, api_key, sha, {})
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        row = ledger.input("id-a")
+        assert ledger.attempts() == {}
+    assert row is not None
+    assert (row.path, row.sha256, row.error) == ("a.png", sha, None)
+    assert row.labels == Labels((), marker_only_metadata("src", "a.png", sha))
+    assert row.state is InputState.PENDING and row.code == 30001
+    assert row.description
