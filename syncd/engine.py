@@ -394,7 +394,12 @@ class Engine:
         The stat cache and the per-file records are dropped on return: only the snapshot is
         needed from here on, and at 100,000 files they are tens of MB.
         """
-        known = self.ledger.known_files(options.scope)
+        # a full scan reads the ledger's rows folder by folder, as it reads the folders
+        known = (
+            self.ledger.known_files_by_folder()
+            if options.scope is None
+            else self.ledger.known_files(options.scope)
+        )
         self._scan_started_ns = time.time_ns()
         result = self._scan(known, options.scope)
         report.files_seen = result.stats.files_seen

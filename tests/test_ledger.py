@@ -627,3 +627,30 @@ def test_read_only_open_of_a_closed_or_missing_ledger(db_path: Path) -> None:
     with Ledger.open(db_path, lock=False) as ledger, Ledger.open(db_path) as writer:
         writer.set_meta("k", "w")
         assert ledger.get_meta("k") == "w"
+
+
+def test_known_files_read_folder_by_folder_answer_like_the_whole_table(ledger: Ledger) -> None:
+    """The folder-at-a-time cache a full scan reads gives, for every path asked (in any
+    order, folders revisited, names sorting around "/" and "0"), what known_files() gives."""
+    paths = [
+        "top.jpg",
+        "a/1.jpg",
+        "a/b/2.jpg",
+        "a/b/c/3.jpg",
+        "a b/4.jpg",
+        "a0/5.jpg",
+        "a-/6.jpg",
+        ODD_PATH,
+        "a/b/error.jpg",
+    ]
+    records = [file_record(p, n) for n, p in enumerate(paths[:-1], start=1)]
+    ledger.record_files([*records, file_record(paths[-1], error="unreadable")], scope=None)
+    whole = ledger.known_files()
+    cache = ledger.known_files_by_folder()
+    asked = [*paths, "a/missing.jpg", "nowhere/x.jpg", "a/1.jpg", "top.jpg", "a/b/2.jpg"]
+    for path in asked:
+        assert cache.get(path) == whole.get(path), path
+        assert (path in cache) is (path in whole)
+    assert dict(cache.items()) == whole and len(cache) == len(whole) == len(paths) - 1
+    assert ledger.known_files_in("a") == {"a/1.jpg": whole["a/1.jpg"]}
+    assert set(ledger.known_files_in("")) == {"top.jpg"}
