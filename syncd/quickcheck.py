@@ -39,6 +39,8 @@ from syncd.sidecar import SIDECAR_EXTENSIONS
 MARKER_FORMAT = 2
 #: Changed images beyond 1/this of the tree: a full scan costs less than one scoped by path.
 MAX_CHANGED_SHARE = 4
+#: How the walk opens a folder to list it (`os.scandir` of a descriptor).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Wal
     if not ok or (child is not None and found is None):
         return None
     if found is not None:
+        # each part sorted in its own process: the sort in `result` then merges two runs
+        walker.images.sort()
         walker.absorb(*found)
     return walker.result()
 
@@ -156,28 +160,36 @@ class _Walker:
             while stack:
                 rel_dir, abs_dir = stack.pop()
                 prefix = f"{rel_dir}/" if rel_dir else ""
-                with os.scandir(abs_dir) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        match = classify(name)
-                        kind = None if match is None else match.lastgroup
-                        if kind == "excluded":
-                            continue
-                        # d_type answers these without a system call; a symlink is neither
-                        if not entry.is_file(follow_symlinks=False):
-                            if entry.is_dir(follow_symlinks=False):
-                                pending.append((prefix + name, entry.path))
-                            elif kind is not None and not entry.is_symlink():
-                                return False  # a special file with an image name: "skipped"
-                            continue  # symlinks are skipped by the scanner, silently
-                        if kind == "image":
-                            st = entry.stat(follow_symlinks=False)
-                            images.append(
-                                f"{prefix}{name}\0{st.st_size} {st.st_mtime_ns} "
-                                f"{st.st_ctime_ns} {st.st_ino}"
-                            )  # stat_line, inlined: this loop runs once per file
-                        elif kind == "sidecar":
-                            self._sidecar(prefix + name, entry.stat(follow_symlinks=False))
+                abs_prefix = f"{abs_dir}/"
+                # listed through a descriptor: each entry's stat is then an fstatat() of its
+                # name in that folder, not an lstat() resolving the whole path again (~15%
+                # of the walk at 100,000 files)
+                fd = os.open(abs_dir, _DIR_FLAGS)
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            name = entry.name
+                            match = classify(name)
+                            kind = None if match is None else match.lastgroup
+                            if kind == "excluded":
+                                continue
+                            # d_type answers these without a system call; a symlink is neither
+                            if not entry.is_file(follow_symlinks=False):
+                                if entry.is_dir(follow_symlinks=False):
+                                    pending.append((prefix + name, abs_prefix + name))
+                                elif kind is not None and not entry.is_symlink():
+                                    return False  # a special file with an image name: "skipped"
+                                continue  # symlinks are skipped by the scanner, silently
+                            if kind == "image":
+                                st = entry.stat(follow_symlinks=False)
+                                images.append(
+                                    f"{prefix}{name}\0{st.st_size} {st.st_mtime_ns} "
+                                    f"{st.st_ctime_ns} {st.st_ino}"
+                                )  # stat_line, inlined: this loop runs once per file
+                            elif kind == "sidecar":
+                                self._sidecar(prefix + name, entry.stat(follow_symlinks=False))
+                finally:
+                    os.close(fd)
         except OSError:
             return False  # unreadable or vanishing mid-walk: the full scan says what and where
         return True
@@ -260,6 +272,7 @@ def _fork_walker(walker: _Walker, folders: list[tuple[str, str]]) -> _Child | No
         # only what the child finds goes back: the parent keeps what it found before the fork
         walker.images, walker.sidecars, walker.settled = [], [], True
         if walker.walk(folders, descend=True):
+            walker.images.sort()  # in parallel with the parent's walk (see `walk`)
             data = marshal.dumps((walker.images, walker.sidecars, walker.settled))
             view = memoryview(data)
             while view:
