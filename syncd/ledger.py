@@ -411,24 +411,29 @@ class Ledger:
             f"{p.decode('utf-8', 'surrogateescape')}\0{s} {m} {c} {i}" for p, s, m, c, i in rows
         )
 
-    def clean_file_line_set(self) -> set[bytes] | None:
-        """`clean_file_lines()` as a set of UTF-8 (surrogate-escaped) bytes, built by SQLite:
-        what the quick check compares with its walk to find the changed files (at 100,000
-        rows, ~3x faster than formatting each line in Python)."""
+    def clean_file_line_set(self) -> set[str] | None:
+        """`clean_file_lines()` as a set, built by SQLite: what the quick check compares with
+        its walk to find the changed files. SQLite joins every line into one blob (a line
+        holds one NUL, between a non-empty path and the stat, so two NULs part lines), which
+        is decoded and split once: at 100,000 rows ~2x faster than a Python object per row."""
         with self._reading() as conn:
             total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
             factory = conn.text_factory
             conn.text_factory = bytes  # the path blob's bytes, as stored
             try:
-                lines = conn.execute(
-                    "SELECT path || x'00' || size || ' ' || mtime_ns || ' ' || ctime_ns || ' ' "
-                    f"|| inode {_CLEAN_FILES}"
-                ).fetchall()
+                clean, blob = conn.execute(
+                    "SELECT count(*), group_concat(path || x'00' || size || ' ' || mtime_ns "
+                    f"|| ' ' || ctime_ns || ' ' || inode, x'0000') {_CLEAN_FILES}"
+                ).fetchone()
             finally:
                 conn.text_factory = factory
-        if len(lines) != total:
+        if clean != total:
             return None
-        return {line for (line,) in lines}
+        if not clean:
+            return set()
+        lines = _path_out(blob).split("\0\0")
+        # a path holding a NUL (only a damaged ledger can have one) would split its line
+        return set(lines) if len(lines) == clean else None
 
     def clean_files_digest(self) -> str | None:
         """`quickcheck.lines_digest` of `clean_file_lines()`, or None."""

@@ -306,7 +306,7 @@ def changed_paths(
     walk: Walk,
     marker: Mapping[str, Any] | None,
     fingerprint_: str,
-    ledger_lines: Callable[[], set[bytes] | None],
+    ledger_lines: Callable[[], set[str] | None],
 ) -> tuple[str, ...]:
     """The images (relative paths) to rescan when only images changed since the marker: their
     stat differs from the ledger's row, or one of the two is missing. Empty when that is not
@@ -318,11 +318,7 @@ def changed_paths(
     rows = ledger_lines()  # read only now: ~0.1 s at 100,000 rows
     if rows is None:
         return ()
-    seen = {line.encode("utf-8", "surrogateescape") for line in walk.image_lines}
-    paths = {
-        line.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        for line in seen.symmetric_difference(rows)
-    }
+    paths = {line.partition("\0")[0] for line in rows.symmetric_difference(walk.image_lines)}
     if not paths or len(paths) > max(1, walk.images // MAX_CHANGED_SHARE):
         return ()
     if walk.sidecar_dirs and any(p.rpartition("/")[0] in walk.sidecar_dirs for p in paths):

@@ -11,9 +11,11 @@ a full pass plans, against the emulator over HTTP.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -237,8 +239,8 @@ def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) ->
 
 
 def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
-    """The changed-file comparison reads the ledger's stat lines as bytes built by SQLite; they
-    are the walk's lines, byte for byte, for names that are not UTF-8 or hold a newline."""
+    """The changed-file comparison reads the ledger's stat lines as one blob built by SQLite;
+    they are the walk's lines, for names that are not UTF-8 or hold a newline."""
     names = ["a.png", "d/é.png", "d/caf\udce9.png", "new\nline.png", "z/" + "x" * 200 + ".png"]
     stats = [(7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 2**40 + i) for i in range(5)]
     records = [
@@ -251,11 +253,26 @@ def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
         assert lines == sorted(
             quickcheck.stat_line(n, *st) for n, st in zip(names, stats, strict=True)
         )
-        assert ledger.clean_file_line_set() == {
-            line.encode("utf-8", "surrogateescape") for line in lines
-        }
+        assert ledger.clean_file_line_set() == set(lines)
         ledger.record_files([*records, FileRecord("bad.png", None, None, False, "x")], scope=None)
         assert ledger.clean_file_lines() is None and ledger.clean_file_line_set() is None
+
+
+def test_ledger_stat_line_set_edges(tmp_path: Path) -> None:
+    """No rows, one row; and a damaged ledger whose path holds NULs (no file name can) is
+    not trusted to split into lines: the quick check then takes the full path."""
+    path = tmp_path / "ledger.db"
+    stat = (7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 42)
+    with Ledger.open(path) as ledger:
+        assert ledger.clean_file_line_set() == set()
+        ledger.record_files(
+            [FileRecord("a.png", FileStat(*stat), "ab" * 32, True, None)], scope=None
+        )
+        assert ledger.clean_file_line_set() == {quickcheck.stat_line("a.png", *stat)}
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE files SET path = ? WHERE path = ?", (b"a\0\0b.png", b"a.png"))
+    with Ledger.open(path) as ledger:
+        assert ledger.clean_file_line_set() is None
 
 
 # --- passes against the emulator ----------------------------------------------------------------
