@@ -252,7 +252,7 @@ class Engine:
         changed: tuple[str, ...] = ()
         if not in_step:
             changed = quickcheck.changed_paths(
-                walk, marker, fingerprint, self.ledger.clean_file_line_set
+                walk, marker, fingerprint, self.ledger.clean_file_line_list
             )
         walk = dataclasses.replace(walk, image_lines=())  # ~15 MB at 100,000: not kept
         return _QuickCheck(walk, fingerprint, marker, in_step, changed)

@@ -412,11 +412,13 @@ class Ledger:
             f"{p.decode('utf-8', 'surrogateescape')}\0{s} {m} {c} {i}" for p, s, m, c, i in rows
         )
 
-    def clean_file_line_set(self) -> set[str] | None:
-        """`clean_file_lines()` as a set, built by SQLite: what the quick check compares with
-        its walk to find the changed files. SQLite joins every line into one blob (a line
-        holds one NUL, between a non-empty path and the stat, so two NULs part lines), which
-        is decoded and split once: at 100,000 rows ~2x faster than a Python object per row."""
+    def clean_file_line_list(self) -> list[str] | None:
+        """`clean_file_lines()` in the table's order (the order rows were first written, which
+        is path order for rows a full scan wrote), built by SQLite: what the quick check
+        compares with its walk to find the changed files. SQLite joins every line into one
+        blob (a line holds one NUL, between a non-empty path and the stat, so two NULs part
+        lines), which is decoded and split once: at 100,000 rows ~2x faster than a Python
+        object per row."""
         with self._reading() as conn:
             total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
             factory = conn.text_factory
@@ -431,10 +433,10 @@ class Ledger:
         if clean != total:
             return None
         if not clean:
-            return set()
+            return []
         lines = _path_out(blob).split("\0\0")
         # a path holding a NUL (only a damaged ledger can have one) would split its line
-        return set(lines) if len(lines) == clean else None
+        return lines if len(lines) == clean else None
 
     def clean_files_digest(self) -> str | None:
         """`quickcheck.lines_digest` of `clean_file_lines()`, or None."""

@@ -72,6 +72,33 @@ def test_classifier_agrees_with_the_scanner(name: str) -> None:
     assert (None if match is None else match.lastgroup) == want
 
 
+@given(
+    st.dictionaries(st.text("ab/é\udce9", min_size=1, max_size=4), st.integers(0, 3), max_size=8),
+    st.sets(st.text("ab/é\udce9", min_size=1, max_size=4), max_size=3),
+    st.integers(0, 3),
+    st.booleans(),
+)
+def test_changed_lines_compare_by_position_only_when_aligned(
+    rows: dict[str, int], added: set[str], touched: int, shuffle: bool
+) -> None:
+    """The walk's sorted lines and the ledger's rows: the per-position comparison answers
+    exactly what the sets answer, or steps aside (None) when the two do not line up."""
+    ledger = [quickcheck.stat_line(p, n, 1, 1, 1) for p, n in sorted(rows.items())]
+    if shuffle:
+        ledger.reverse()  # rows written out of path order
+    now = dict(rows)
+    for p in sorted(rows)[:touched]:
+        now[p] += 10
+    for p in added - rows.keys():
+        now[p] = 0
+    seen = sorted(quickcheck.stat_line(p, n, 1, 1, 1) for p, n in now.items())
+    want = {line.partition("\0")[0] for line in set(ledger) ^ set(seen)}
+    got = quickcheck._aligned_changes(seen, ledger)
+    assert got is None or got == want
+    if not shuffle and not (added - rows.keys()):
+        assert got == want  # same paths, same order: answered by position
+
+
 def _tree(root: Path) -> None:
     """Images, sidecars and everything the scanner skips, over nested folders."""
     for d in range(6):
@@ -253,9 +280,9 @@ def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
         assert lines == sorted(
             quickcheck.stat_line(n, *st) for n, st in zip(names, stats, strict=True)
         )
-        assert ledger.clean_file_line_set() == set(lines)
+        assert sorted(ledger.clean_file_line_list()) == lines
         ledger.record_files([*records, FileRecord("bad.png", None, None, False, "x")], scope=None)
-        assert ledger.clean_file_lines() is None and ledger.clean_file_line_set() is None
+        assert ledger.clean_file_lines() is None and ledger.clean_file_line_list() is None
 
 
 def test_ledger_stat_line_set_edges(tmp_path: Path) -> None:
@@ -264,15 +291,15 @@ def test_ledger_stat_line_set_edges(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     stat = (7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 42)
     with Ledger.open(path) as ledger:
-        assert ledger.clean_file_line_set() == set()
+        assert ledger.clean_file_line_list() == []
         ledger.record_files(
             [FileRecord("a.png", FileStat(*stat), "ab" * 32, True, None)], scope=None
         )
-        assert ledger.clean_file_line_set() == {quickcheck.stat_line("a.png", *stat)}
+        assert ledger.clean_file_line_list() == [quickcheck.stat_line("a.png", *stat)]
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE files SET path = ? WHERE path = ?", (b"a\0\0b.png", b"a.png"))
     with Ledger.open(path) as ledger:
-        assert ledger.clean_file_line_set() is None
+        assert ledger.clean_file_line_list() is None
 
 
 # --- passes against the emulator ----------------------------------------------------------------
