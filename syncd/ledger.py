@@ -438,6 +438,13 @@ class Ledger:
         # a path holding a NUL (only a damaged ledger can have one) would split its line
         return lines if len(lines) == clean else None
 
+    def interrupt(self) -> None:
+        """Stop the query another thread is running on this ledger (it raises LedgerError);
+        a no-op when none is running. Any thread may call it, without the ledger's lock."""
+        db = self._db
+        if db is not None:
+            db.conn.interrupt()
+
     def clean_files_digest(self) -> str | None:
         """`quickcheck.lines_digest` of `clean_file_lines()`, or None."""
         lines = self.clean_file_lines()

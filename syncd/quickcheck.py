@@ -101,12 +101,20 @@ def fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Walk | None:
+def walk(
+    config: Config,
+    *,
+    now_ns: int | None = None,
+    fork: bool = True,
+    while_waiting: Callable[[], None] | None = None,
+) -> Walk | None:
     """Stat every image and sidecar under the root as the scanner would see them, or None
     when the tree holds anything this walk does not model exactly.
 
     The walk is Python work per file: when this process is single-threaded (and `fork`), a
     forked child walks half of the root's sub-folders, so a second core halves it.
+    `while_waiting` is called once this process has walked its part and a child still may
+    be walking (never without a child): the caller may start work of its own there.
     """
     src = config.source
     if src.follow_symlinks:
@@ -129,6 +137,8 @@ def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Wal
         child = _fork_walker(walker, subdirs[1::2])
     try:
         ok = walker.walk(subdirs if child is None else subdirs[0::2], descend=True)
+        if ok and child is not None and while_waiting is not None:
+            while_waiting()
     finally:
         found = None if child is None else child.collect()  # reaped and closed, always
     if not ok or (child is not None and found is None):

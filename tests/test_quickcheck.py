@@ -45,7 +45,8 @@ from hypothesis import strategies as st
 from syncd import quickcheck
 from syncd.config import load_config
 from syncd.emulator import Emulator
-from syncd.engine import Engine
+from syncd.engine import Engine, _LinePrefetch
+from syncd.errors import LedgerError
 from syncd.ledger import IN_STEP_KEY, Ledger
 from syncd.model import FileStat, InputRecord, InputState, Labels
 from syncd.report import PassOptions, SyncReport
@@ -532,6 +533,46 @@ def test_reconcile_cli_takes_the_quick_path_in_its_own_process(
     assert "in step: the folder and the remote listing are as the last pass left them" in (
         human.stdout
     )
+    # one image touched (same bytes): the forked walk, the ledger's lines read in a thread
+    # meanwhile, and a pass scoped to that image, which hashes it and plans nothing
+    solo = site.root / "plain" / "solo.png"
+    st_ = solo.stat()
+    os.utime(solo, ns=(st_.st_atime_ns, st_.st_mtime_ns - 10**9))
+    done = run_syncd(
+        ["reconcile", "--json", "--local", "--dry-run", "--config", str(site.config)],
+        env={KEY_ENV: emu.api_key},
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["files_seen"], out["files_hashed"], out["planned"]) == (13, 1, [])
+
+
+def test_line_prefetch_reads_or_stops(tmp_path: Path) -> None:
+    """The quick check's read of the ledger's lines in a thread: the same lines as read in
+    the caller; stopped when not wanted, leaving the ledger usable; its error re-raised."""
+    stat = (7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 42)
+    records = [
+        FileRecord(f"d{i % 7}/{i}.png", FileStat(*stat), "ab" * 32, True, None) for i in range(5000)
+    ]
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        ledger.record_files(records, scope=None)
+        want = ledger.clean_file_line_list()
+        assert want is not None and len(want) == 5000
+        assert _LinePrefetch(ledger).result() == want  # never started: read by the caller
+        lines = _LinePrefetch(ledger)
+        lines.start()
+        assert lines.result() == want
+        lines.cancel()  # asked for: nothing to stop
+        for _ in range(20):
+            lines = _LinePrefetch(ledger)
+            lines.start()
+            lines.cancel()
+            assert ledger.clean_file_line_list() == want
+        _LinePrefetch(ledger).cancel()  # never started
+    lines = _LinePrefetch(ledger)
+    lines.start()
+    with pytest.raises(LedgerError, match="closed"):
+        lines.result()
 
 
 def test_quick_report_fields_match_a_full_pass(tmp_path: Path, emu: Emulator) -> None:
