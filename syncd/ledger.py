@@ -440,7 +440,9 @@ class Ledger:
 
     def interrupt(self) -> None:
         """Stop the query another thread is running on this ledger (it raises LedgerError);
-        a no-op when none is running. Any thread may call it, without the ledger's lock."""
+        a no-op when none is running. Any thread may call it, without the ledger's lock.
+        SQLite interrupts every statement open on the connection, and any started while one
+        is: call it only while no other statement is open (no unfinished cursor)."""
         db = self._db
         if db is not None:
             db.conn.interrupt()
