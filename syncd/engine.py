@@ -14,14 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from syncd import quickcheck
 from syncd.config import ApiKey, Config, resolve_api_key
 from syncd.envelope import MAX_IDS_PER_LIST, RemoteRecord, check_api_key, chunk_ids
-from syncd.executor import Executor, Outcome
 from syncd.ledger import Ledger
 from syncd.model import (
     FileStat,
@@ -37,6 +36,9 @@ from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
 from syncd.report import PassOptions, SyncReport, summary_of
 from syncd.scanner import RACY_WINDOW_NS, FileRecord, KnownFile, ScanResult, scan
+
+if TYPE_CHECKING:
+    from syncd.executor import Executor, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -535,6 +537,9 @@ class Engine:
         )
 
     def _executor(self) -> Executor:
+        # imported here: a pass that sends nothing (a dry run, the quick check) never needs it
+        from syncd.executor import Executor  # noqa: PLC0415
+
         cfg = self.config
         return Executor(
             api=self.api,
