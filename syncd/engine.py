@@ -677,8 +677,12 @@ class _LinePrefetch:
         self._wanted = False
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._read, name="syncd-quickcheck", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._read, name="syncd-quickcheck", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return  # no thread to be had: `result` reads them in the caller
+        self._thread = thread
 
     def _read(self) -> None:
         try:
