@@ -181,6 +181,8 @@ _KNOWN_FILES = (
     "WHERE size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
     "AND inode IS NOT NULL AND sha256 IS NOT NULL"
 )
+#: A row joined with `temp.scope_bounds` is under that prefix (see `_scope_bounds`).
+_IN_SCOPE = "(path = exact OR (path >= low AND path < high))"
 #: The file rows a quick check may trust: a complete stat, a trusted hash, no error.
 _CLEAN_FILES = (
     "FROM files WHERE trusted = 1 AND error IS NULL AND sha256 IS NOT NULL "
@@ -339,9 +341,15 @@ class Ledger:
     def known_files(self, scope: Sequence[str] | None = None) -> dict[str, KnownFile]:
         """Every cached path with a complete stat and a hash (what the scanner may trust);
         with `scope`, only those under its prefixes (a scoped pass reads no more)."""
-        query = _KNOWN_FILES
         with self._reading() as conn:
-            rows = _rows_in_scope(conn, query, scope)
+            rows = _rows_in_scope(
+                conn,
+                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error IS NULL",
+                "files",
+                "size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
+                "AND inode IS NOT NULL AND sha256 IS NOT NULL",
+                scope,
+            )
             # built row by row (not fetchall first): at a million files the raw rows would
             # double the peak memory for a moment
             # paths and hashes interned: the scanner, the snapshot and the beliefs then share one
@@ -422,17 +430,15 @@ class Ledger:
             "INSERT OR IGNORE INTO temp.seen_paths(path) VALUES (?)",
             ((_path_in(path),) for path in seen),
         )
-        deleted = 0
         if scope is None:
             deleted = conn.execute(f"DELETE FROM files WHERE {_NOT_SEEN}").rowcount
         else:
-            for prefix in scope:
-                exact, low, high = _scope_bounds(prefix)
-                deleted += conn.execute(
-                    "DELETE FROM files WHERE (path = ? OR (path >= ? AND path < ?)) "
-                    f"AND {_NOT_SEEN}",
-                    (exact, low, high),
-                ).rowcount
+            _fill_scope_bounds(conn, scope)
+            deleted = conn.execute(
+                "DELETE FROM files WHERE path IN "
+                f"(SELECT path FROM temp.scope_bounds CROSS JOIN files WHERE {_IN_SCOPE}) "
+                f"AND {_NOT_SEEN}"
+            ).rowcount
         conn.execute("DELETE FROM temp.seen_paths")
         if deleted:
             conn.execute(_CLEAR_IN_STEP)
@@ -457,24 +463,40 @@ class Ledger:
         lines.sort()
         return lines
 
-    def clean_file_line_set(self) -> set[bytes] | None:
-        """`clean_file_lines()` as a set of UTF-8 (surrogate-escaped) bytes, built by SQLite:
-        what the quick check compares with its walk to find the changed files (at 100,000
-        rows, ~3x faster than formatting each line in Python)."""
+    def clean_file_line_list(self) -> list[str] | None:
+        """`clean_file_lines()` in the table's order (the order rows were first written, which
+        is path order for rows a full scan wrote), built by SQLite: what the quick check
+        compares with its walk to find the changed files. SQLite joins every line into one
+        blob (a line holds one NUL, between a non-empty path and the stat, so two NULs part
+        lines), which is decoded and split once: at 100,000 rows ~2x faster than a Python
+        object per row."""
         with self._reading() as conn:
             total = conn.execute("SELECT count(*) FROM files").fetchone()[0]
             factory = conn.text_factory
             conn.text_factory = bytes  # the path blob's bytes, as stored
             try:
-                lines = conn.execute(
-                    "SELECT path || x'00' || size || ' ' || mtime_ns || ' ' || ctime_ns || ' ' "
-                    f"|| inode {_CLEAN_FILES}"
-                ).fetchall()
+                clean, blob = conn.execute(
+                    "SELECT count(*), group_concat(path || x'00' || size || ' ' || mtime_ns "
+                    f"|| ' ' || ctime_ns || ' ' || inode, x'0000') {_CLEAN_FILES}"
+                ).fetchone()
             finally:
                 conn.text_factory = factory
-        if len(lines) != total:
+        if clean != total:
             return None
-        return {line for (line,) in lines}
+        if not clean:
+            return []
+        lines = _path_out(blob).split("\0\0")
+        # a path holding a NUL (only a damaged ledger can have one) would split its line
+        return lines if len(lines) == clean else None
+
+    def interrupt(self) -> None:
+        """Stop the query another thread is running on this ledger (it raises LedgerError);
+        a no-op when none is running. Any thread may call it, without the ledger's lock.
+        SQLite interrupts every statement open on the connection, and any started while one
+        is: call it only while no other statement is open (no unfinished cursor)."""
+        db = self._db
+        if db is not None:
+            db.conn.interrupt()
 
     def clean_files_digest(self) -> str | None:
         """`quickcheck.lines_digest` of `clean_file_lines()`, or None."""
@@ -527,7 +549,7 @@ class Ledger:
         source = self.get_meta("source_name")
         with self._reading() as conn:
             out: dict[str, InputRecord] = {}
-            for row in _rows_in_scope(conn, query, scope, where=False):
+            for row in _rows_in_scope(conn, f"SELECT {_INPUT_COLUMNS}", "inputs", None, scope):
                 record = _input_out(row, source)
                 out[record.input_id] = record
             missing = [i for i in dict.fromkeys(ids) if i not in out]
@@ -776,6 +798,10 @@ def _connect(path: Path, *, read_only: bool) -> Database:
         if problems != ["ok"]:
             raise _corrupt(path, "; ".join(problems[:3]))
         conn.execute("CREATE TEMP TABLE seen_paths (path BLOB PRIMARY KEY) WITHOUT ROWID")
+        conn.execute(
+            "CREATE TEMP TABLE scope_bounds "
+            "(n INTEGER PRIMARY KEY, exact BLOB NOT NULL, low BLOB NOT NULL, high BLOB NOT NULL)"
+        )
     except sqlite3.Error as exc:
         conn.close()
         _raise_ledger_error(path, exc)
@@ -902,17 +928,37 @@ def _text_in(text: str | None) -> str | None:
 
 
 def _rows_in_scope(
-    conn: sqlite3.Connection, query: str, scope: Sequence[str] | None, *, where: bool = True
+    conn: sqlite3.Connection,
+    select: str,
+    table: str,
+    where: str | None,
+    scope: Sequence[str] | None,
 ) -> Iterator[tuple[Any, ...]]:
-    """The rows of `query` (which has a WHERE clause if `where`) whose `path` is under one of
-    `scope`'s prefixes, or all of them when `scope` is None or covers everything. A row under
-    two nested prefixes comes twice: the callers key their results by path or id."""
+    """The rows `select` takes from `table` (those meeting `where`, if given) whose `path` is
+    under one of `scope`'s prefixes, or all of them when `scope` is None or covers everything.
+    The prefixes go into a temporary table joined with `table` in one query (one query per
+    prefix cost ~10 ms per 1,000). A row under two nested prefixes comes twice: the callers
+    key their results by path or id."""
     if scope is None or any(p in ("", ".") for p in scope):
-        yield from conn.execute(query)
+        yield from conn.execute(
+            f"{select} FROM {table}{'' if where is None else f' WHERE {where}'}"
+        )
         return
-    bounded = f"{query}{' AND ' if where else ' WHERE '}(path = ? OR (path >= ? AND path < ?))"
-    for prefix in dict.fromkeys(scope):
-        yield from conn.execute(bounded, _scope_bounds(prefix))
+    _fill_scope_bounds(conn, scope)
+    # CROSS JOIN: the prefixes are the outer loop, each one an index search of `table`
+    yield from conn.execute(
+        f"{select} FROM temp.scope_bounds CROSS JOIN {table} "
+        f"WHERE {'' if where is None else f'{where} AND '}{_IN_SCOPE}"
+    )
+
+
+def _fill_scope_bounds(conn: sqlite3.Connection, scope: Sequence[str]) -> None:
+    """Put `scope`'s prefixes, in order, in the temporary table `_IN_SCOPE` reads."""
+    conn.execute("DELETE FROM temp.scope_bounds")
+    conn.executemany(
+        "INSERT INTO temp.scope_bounds(exact, low, high) VALUES (?, ?, ?)",
+        (_scope_bounds(prefix) for prefix in dict.fromkeys(scope)),
+    )
 
 
 def _scope_bounds(prefix: str) -> tuple[bytes, bytes, bytes]:

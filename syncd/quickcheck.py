@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import marshal
+import operator
 import os
 import re
 import signal
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -39,6 +41,8 @@ from syncd.sidecar import SIDECAR_EXTENSIONS
 MARKER_FORMAT = 2
 #: Changed images beyond 1/this of the tree: a full scan costs less than one scoped by path.
 MAX_CHANGED_SHARE = 4
+#: How the walk opens a folder to list it (`os.scandir` of a descriptor).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +101,20 @@ def fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Walk | None:
+def walk(
+    config: Config,
+    *,
+    now_ns: int | None = None,
+    fork: bool = True,
+    while_waiting: Callable[[], None] | None = None,
+) -> Walk | None:
     """Stat every image and sidecar under the root as the scanner would see them, or None
     when the tree holds anything this walk does not model exactly.
 
     The walk is Python work per file: when this process is single-threaded (and `fork`), a
     forked child walks half of the root's sub-folders, so a second core halves it.
+    `while_waiting` is called once this process has walked its part and a child still may
+    be walking (never without a child): the caller may start work of its own there.
     """
     src = config.source
     if src.follow_symlinks:
@@ -125,11 +137,15 @@ def walk(config: Config, *, now_ns: int | None = None, fork: bool = True) -> Wal
         child = _fork_walker(walker, subdirs[1::2])
     try:
         ok = walker.walk(subdirs if child is None else subdirs[0::2], descend=True)
+        if ok and child is not None and while_waiting is not None:
+            while_waiting()
     finally:
         found = None if child is None else child.collect()  # reaped and closed, always
     if not ok or (child is not None and found is None):
         return None
     if found is not None:
+        # each part sorted in its own process: the sort in `result` then merges two runs
+        walker.images.sort()
         walker.absorb(*found)
     return walker.result()
 
@@ -156,28 +172,36 @@ class _Walker:
             while stack:
                 rel_dir, abs_dir = stack.pop()
                 prefix = f"{rel_dir}/" if rel_dir else ""
-                with os.scandir(abs_dir) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        match = classify(name)
-                        kind = None if match is None else match.lastgroup
-                        if kind == "excluded":
-                            continue
-                        # d_type answers these without a system call; a symlink is neither
-                        if not entry.is_file(follow_symlinks=False):
-                            if entry.is_dir(follow_symlinks=False):
-                                pending.append((prefix + name, entry.path))
-                            elif kind is not None and not entry.is_symlink():
-                                return False  # a special file with an image name: "skipped"
-                            continue  # symlinks are skipped by the scanner, silently
-                        if kind == "image":
-                            st = entry.stat(follow_symlinks=False)
-                            images.append(
-                                f"{prefix}{name}\0{st.st_size} {st.st_mtime_ns} "
-                                f"{st.st_ctime_ns} {st.st_ino}"
-                            )  # stat_line, inlined: this loop runs once per file
-                        elif kind == "sidecar":
-                            self._sidecar(prefix + name, entry.stat(follow_symlinks=False))
+                abs_prefix = f"{abs_dir}/"
+                # listed through a descriptor: each entry's stat is then an fstatat() of its
+                # name in that folder, not an lstat() resolving the whole path again (~15%
+                # of the walk at 100,000 files)
+                fd = os.open(abs_dir, _DIR_FLAGS)
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            name = entry.name
+                            match = classify(name)
+                            kind = None if match is None else match.lastgroup
+                            if kind == "excluded":
+                                continue
+                            # d_type answers these without a system call; a symlink is neither
+                            if not entry.is_file(follow_symlinks=False):
+                                if entry.is_dir(follow_symlinks=False):
+                                    pending.append((prefix + name, abs_prefix + name))
+                                elif kind is not None and not entry.is_symlink():
+                                    return False  # a special file with an image name: "skipped"
+                                continue  # symlinks are skipped by the scanner, silently
+                            if kind == "image":
+                                st = entry.stat(follow_symlinks=False)
+                                images.append(
+                                    f"{prefix}{name}\0{st.st_size} {st.st_mtime_ns} "
+                                    f"{st.st_ctime_ns} {st.st_ino}"
+                                )  # stat_line, inlined: this loop runs once per file
+                            elif kind == "sidecar":
+                                self._sidecar(prefix + name, entry.stat(follow_symlinks=False))
+                finally:
+                    os.close(fd)
         except OSError:
             return False  # unreadable or vanishing mid-walk: the full scan says what and where
         return True
@@ -260,6 +284,7 @@ def _fork_walker(walker: _Walker, folders: list[tuple[str, str]]) -> _Child | No
         # only what the child finds goes back: the parent keeps what it found before the fork
         walker.images, walker.sidecars, walker.settled = [], [], True
         if walker.walk(folders, descend=True):
+            walker.images.sort()  # in parallel with the parent's walk (see `walk`)
             data = marshal.dumps((walker.images, walker.sidecars, walker.settled))
             view = memoryview(data)
             while view:
@@ -293,7 +318,7 @@ def changed_paths(
     walk: Walk,
     marker: Mapping[str, Any] | None,
     fingerprint_: str,
-    ledger_lines: Callable[[], set[bytes] | None],
+    ledger_lines: Callable[[], list[str] | None],
 ) -> tuple[str, ...]:
     """The images (relative paths) to rescan when only images changed since the marker: their
     stat differs from the ledger's row, or one of the two is missing. Empty when that is not
@@ -305,16 +330,37 @@ def changed_paths(
     rows = ledger_lines()  # read only now: ~0.1 s at 100,000 rows
     if rows is None:
         return ()
-    seen = {line.encode("utf-8", "surrogateescape") for line in walk.image_lines}
-    paths = {
-        line.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        for line in seen.symmetric_difference(rows)
-    }
+    paths = _aligned_changes(walk.image_lines, rows)
+    if paths is None:
+        paths = {
+            line.partition("\0")[0] for line in set(rows).symmetric_difference(walk.image_lines)
+        }
     if not paths or len(paths) > max(1, walk.images // MAX_CHANGED_SHARE):
         return ()
     if walk.sidecar_dirs and any(p.rpartition("/")[0] in walk.sidecar_dirs for p in paths):
         return ()
     return tuple(sorted(paths))
+
+
+def _aligned_changes(seen: Sequence[str], rows: Sequence[str]) -> set[str] | None:
+    """The paths whose lines differ between the walk's sorted lines and the ledger's rows when
+    both name the same paths in the same order (rows a full scan wrote come in path order):
+    one comparison per position, run in C, instead of two sets of every line. None when they
+    do not line up (a file added or removed, rows written out of path order): then equal
+    lines can sit at different positions, and only sets can tell.
+
+    Exact: with equal lengths and the same path at every differing position, the same path
+    sits at every position (equal lines have equal paths), so the lines differ exactly there.
+    """
+    if len(seen) != len(rows):
+        return None
+    paths: set[str] = set()
+    for i in itertools.compress(itertools.count(), map(operator.ne, seen, rows)):
+        path = seen[i].partition("\0")[0]
+        if path != rows[i].partition("\0")[0]:
+            return None
+        paths.add(path)
+    return paths
 
 
 def in_step(walk: Walk, marker: Mapping[str, Any] | None, fingerprint_: str) -> bool:

@@ -389,6 +389,46 @@ def test_record_files_forgets_only_inside_scope(
     assert ledger.known_files()["a/1.jpg"].stat.size == 9
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [
+        ["a"],
+        ["a/"],
+        ["a/x"],
+        ["b", "ab"],
+        [ODD_PATH[:4]],
+        ["a", "a/x", "a"],  # nested and repeated prefixes
+        ["a.jpg", "a/1.jpg", "b/4.jpg"],
+        [],
+        ["c"],
+        ["."],
+        [""],
+    ],
+)
+@pytest.mark.parametrize("read_only", [False, True])
+def test_scoped_reads_take_the_rows_under_the_scope(
+    db_path: Path, scope: list[str], read_only: bool
+) -> None:
+    """known_files and inputs_in with a scope read exactly the rows under its prefixes, as
+    LocalSnapshot.covers judges them (one query joined with a temporary table of the
+    prefixes, refilled on each call), on a read-only ledger too."""
+    with Ledger.open(db_path) as ledger:
+        ledger.record_files([file_record(p, i + 1) for i, p in enumerate(TREE)], scope=None)
+        ledger.put_inputs(input_record(f"id{i}", p) for i, p in enumerate(TREE))
+    under = {
+        p
+        for p in TREE
+        if any(s in ("", ".") or p == s or p.startswith(s.rstrip("/") + "/") for s in scope)
+    }
+    with Ledger.open(db_path, lock=not read_only) as ledger:
+        everything, beliefs = ledger.known_files(), ledger.inputs()
+        for _ in range(2):
+            assert ledger.known_files(scope) == {p: everything[p] for p in under}
+            extra = "id5"  # b/4.jpg: taken by id whether or not under the scope
+            wanted = {i for i, b in beliefs.items() if b.path in under} | {extra}
+            assert ledger.inputs_in(scope, [extra, "no-such-id"]) == {i: beliefs[i] for i in wanted}
+
+
 def test_record_files_accepts_a_generator_of_many(ledger: Ledger) -> None:
     """A large full scan given as a generator lands whole, replacing the previous one."""
     ledger.record_files((file_record(f"old/{i}.jpg", i) for i in range(3000)), scope=None)

@@ -11,9 +11,11 @@ a full pass plans, against the emulator over HTTP.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -43,7 +45,8 @@ from hypothesis import strategies as st
 from syncd import quickcheck
 from syncd.config import load_config
 from syncd.emulator import Emulator
-from syncd.engine import Engine
+from syncd.engine import Engine, _LinePrefetch
+from syncd.errors import LedgerError
 from syncd.ledger import IN_STEP_KEY, Ledger
 from syncd.model import FileStat, InputRecord, InputState, Labels
 from syncd.report import PassOptions, SyncReport
@@ -68,6 +71,33 @@ def test_classifier_agrees_with_the_scanner(name: str) -> None:
         want = None
     match = quickcheck._classifier(DEFAULT_INCLUDE, DEFAULT_EXCLUDE)(name)
     assert (None if match is None else match.lastgroup) == want
+
+
+@given(
+    st.dictionaries(st.text("ab/é\udce9", min_size=1, max_size=4), st.integers(0, 3), max_size=8),
+    st.sets(st.text("ab/é\udce9", min_size=1, max_size=4), max_size=3),
+    st.integers(0, 3),
+    st.booleans(),
+)
+def test_changed_lines_compare_by_position_only_when_aligned(
+    rows: dict[str, int], added: set[str], touched: int, shuffle: bool
+) -> None:
+    """The walk's sorted lines and the ledger's rows: the per-position comparison answers
+    exactly what the sets answer, or steps aside (None) when the two do not line up."""
+    ledger = [quickcheck.stat_line(p, n, 1, 1, 1) for p, n in sorted(rows.items())]
+    if shuffle:
+        ledger.reverse()  # rows written out of path order
+    now = dict(rows)
+    for p in sorted(rows)[:touched]:
+        now[p] += 10
+    for p in added - rows.keys():
+        now[p] = 0
+    seen = sorted(quickcheck.stat_line(p, n, 1, 1, 1) for p, n in now.items())
+    want = {line.partition("\0")[0] for line in set(ledger) ^ set(seen)}
+    got = quickcheck._aligned_changes(seen, ledger)
+    assert got is None or got == want
+    if not shuffle and not (added - rows.keys()):
+        assert got == want  # same paths, same order: answered by position
 
 
 def _tree(root: Path) -> None:
@@ -237,8 +267,8 @@ def test_any_write_to_files_inputs_or_meta_deletes_the_marker(tmp_path: Path) ->
 
 
 def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
-    """The changed-file comparison reads the ledger's stat lines as bytes built by SQLite; they
-    are the walk's lines, byte for byte, for names that are not UTF-8 or hold a newline."""
+    """The changed-file comparison reads the ledger's stat lines as one blob built by SQLite;
+    they are the walk's lines, for names that are not UTF-8 or hold a newline."""
     names = ["a.png", "d/é.png", "d/caf\udce9.png", "new\nline.png", "z/" + "x" * 200 + ".png"]
     stats = [(7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 2**40 + i) for i in range(5)]
     records = [
@@ -251,11 +281,26 @@ def test_ledger_builds_the_same_stat_lines_in_sql(tmp_path: Path) -> None:
         assert lines == sorted(
             quickcheck.stat_line(n, *st) for n, st in zip(names, stats, strict=True)
         )
-        assert ledger.clean_file_line_set() == {
-            line.encode("utf-8", "surrogateescape") for line in lines
-        }
+        assert sorted(ledger.clean_file_line_list()) == lines
         ledger.record_files([*records, FileRecord("bad.png", None, None, False, "x")], scope=None)
-        assert ledger.clean_file_lines() is None and ledger.clean_file_line_set() is None
+        assert ledger.clean_file_lines() is None and ledger.clean_file_line_list() is None
+
+
+def test_ledger_stat_line_set_edges(tmp_path: Path) -> None:
+    """No rows, one row; and a damaged ledger whose path holds NULs (no file name can) is
+    not trusted to split into lines: the quick check then takes the full path."""
+    path = tmp_path / "ledger.db"
+    stat = (7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 42)
+    with Ledger.open(path) as ledger:
+        assert ledger.clean_file_line_list() == []
+        ledger.record_files(
+            [FileRecord("a.png", FileStat(*stat), "ab" * 32, True, None)], scope=None
+        )
+        assert ledger.clean_file_line_list() == [quickcheck.stat_line("a.png", *stat)]
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE files SET path = ? WHERE path = ?", (b"a\0\0b.png", b"a.png"))
+    with Ledger.open(path) as ledger:
+        assert ledger.clean_file_line_list() is None
 
 
 # --- passes against the emulator ----------------------------------------------------------------
@@ -488,6 +533,46 @@ def test_reconcile_cli_takes_the_quick_path_in_its_own_process(
     assert "in step: the folder and the remote listing are as the last pass left them" in (
         human.stdout
     )
+    # one image touched (same bytes): the forked walk, the ledger's lines read in a thread
+    # meanwhile, and a pass scoped to that image, which hashes it and plans nothing
+    solo = site.root / "plain" / "solo.png"
+    st_ = solo.stat()
+    os.utime(solo, ns=(st_.st_atime_ns, st_.st_mtime_ns - 10**9))
+    done = run_syncd(
+        ["reconcile", "--json", "--local", "--dry-run", "--config", str(site.config)],
+        env={KEY_ENV: emu.api_key},
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["files_seen"], out["files_hashed"], out["planned"]) == (13, 1, [])
+
+
+def test_line_prefetch_reads_or_stops(tmp_path: Path) -> None:
+    """The quick check's read of the ledger's lines in a thread: the same lines as read in
+    the caller; stopped when not wanted, leaving the ledger usable; its error re-raised."""
+    stat = (7, 1_700_000_000_123_456_789, 1_700_000_001_000_000_001, 42)
+    records = [
+        FileRecord(f"d{i % 7}/{i}.png", FileStat(*stat), "ab" * 32, True, None) for i in range(5000)
+    ]
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        ledger.record_files(records, scope=None)
+        want = ledger.clean_file_line_list()
+        assert want is not None and len(want) == 5000
+        assert _LinePrefetch(ledger).result() == want  # never started: read by the caller
+        lines = _LinePrefetch(ledger)
+        lines.start()
+        assert lines.result() == want
+        lines.cancel()  # asked for: nothing to stop
+        for _ in range(20):
+            lines = _LinePrefetch(ledger)
+            lines.start()
+            lines.cancel()
+            assert ledger.clean_file_line_list() == want
+        _LinePrefetch(ledger).cancel()  # never started
+    lines = _LinePrefetch(ledger)
+    lines.start()
+    with pytest.raises(LedgerError, match="closed"):
+        lines.result()
 
 
 def test_quick_report_fields_match_a_full_pass(tmp_path: Path, emu: Emulator) -> None:
