@@ -37,7 +37,10 @@ test: $(VENV)/.installed $(LEGACY)/.installed systemd-analyze
 demo: $(VENV)/.installed
 	$(BIN)/python -m syncd.demo
 
+# syncd's modules are byte-compiled first, as `pip install` leaves them: the editable install
+# does not, and with PYTHONDONTWRITEBYTECODE set every run would compile them again.
 bench: $(VENV)/.installed $(LEGACY)/.installed
+	$(BIN)/python -m compileall -q syncd
 	SYNCD_LEGACY_PYTHON=$(CURDIR)/$(LEGACY)/bin/python $(BIN)/python bench/run.py
 
 soak: $(VENV)/.installed
