@@ -174,11 +174,10 @@ ON CONFLICT(path) DO UPDATE SET
   error = excluded.error, seen_at = excluded.seen_at
 """
 _NOT_SEEN = "path NOT IN (SELECT path FROM temp.seen_paths)"
-#: The file rows a scan may reuse the hash of (given the same stat).
-_KNOWN_FILES = (
-    "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error IS NULL "
-    "FROM files "
-    "WHERE size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
+#: The file rows a scan may reuse the hash of (given the same stat): columns, condition.
+_KNOWN_COLUMNS = "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error IS NULL"
+_KNOWN_WHERE = (
+    "size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
     "AND inode IS NOT NULL AND sha256 IS NOT NULL"
 )
 #: A row joined with `temp.scope_bounds` is under that prefix (see `_scope_bounds`).
@@ -342,22 +341,7 @@ class Ledger:
         """Every cached path with a complete stat and a hash (what the scanner may trust);
         with `scope`, only those under its prefixes (a scoped pass reads no more)."""
         with self._reading() as conn:
-            rows = _rows_in_scope(
-                conn,
-                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, trusted, error IS NULL",
-                "files",
-                "size IS NOT NULL AND mtime_ns IS NOT NULL AND ctime_ns IS NOT NULL "
-                "AND inode IS NOT NULL AND sha256 IS NOT NULL",
-                scope,
-            )
-            # built row by row (not fetchall first): at a million files the raw rows would
-            # double the peak memory for a moment
-            # paths and hashes interned: the scanner, the snapshot and the beliefs then share one
-            # str per path and per hash instead of holding a copy each (~20 MB at 100,000 files)
-            return {
-                intern(_path_out(p)): KnownFile(FileStat(s, m, c, i), intern(h), t == 1, n == 1)
-                for p, s, m, c, i, h, t, n in rows
-            }
+            return _known(_rows_in_scope(conn, _KNOWN_COLUMNS, "files", _KNOWN_WHERE, scope))
 
     def known_files_by_folder(self) -> FolderCache:
         """`known_files()` read one folder at a time, as a full scan asks for them (it reads
@@ -367,7 +351,9 @@ class Ledger:
 
     def known_files_in(self, folder: str) -> dict[str, KnownFile]:
         """`known_files()` of the files directly in `folder` ("" for the root)."""
-        query = f"{_KNOWN_FILES} AND instr(substr(path, ?), '/') = 0"
+        query = (
+            f"{_KNOWN_COLUMNS} FROM files WHERE {_KNOWN_WHERE} AND instr(substr(path, ?), '/') = 0"
+        )
         if folder:
             below = _path_in(folder) + b"/"
             params: tuple[Any, ...] = (len(below) + 1, below, below[:-1] + b"0")
@@ -375,10 +361,7 @@ class Ledger:
         else:
             params = (1,)
         with self._reading() as conn:
-            return {
-                intern(_path_out(p)): KnownFile(FileStat(s, m, c, i), intern(h), t == 1, n == 1)
-                for p, s, m, c, i, h, t, n in conn.execute(query, params)
-            }
+            return _known(conn.execute(query, params))
 
     def record_files(
         self,
@@ -876,6 +859,17 @@ def _raise_ledger_error(path: Path, exc: sqlite3.Error) -> NoReturn:
     if error is None:
         raise exc
     raise error from exc
+
+
+def _known(rows: Iterable[tuple[Any, ...]]) -> dict[str, KnownFile]:
+    """Rows of `_KNOWN_COLUMNS` by path, built row by row (not fetchall first: at a million
+    files the raw rows would double the peak memory for a moment). Paths and hashes are
+    interned: the scanner, the snapshot and the beliefs then share one str per path and per
+    hash instead of holding a copy each (~20 MB at 100,000 files)."""
+    return {
+        intern(_path_out(p)): KnownFile(FileStat(s, m, c, i), intern(h), t == 1, n == 1)
+        for p, s, m, c, i, h, t, n in rows
+    }
 
 
 class FolderCache(Mapping[str, KnownFile]):
