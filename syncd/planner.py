@@ -261,15 +261,15 @@ def fold_remote(
     Inputs without this source's marker are foreign: counted, never believed, never touched.
     """
     report = RemoteReport()
+    # every owned input listed ends up in `folded`: its keys are the ids seen (no second set
+    # of 100,000 ids next to it)
     folded: dict[str, InputRecord] = {}
-    seen: set[str] = set()
     for item in remote:
         marker = item.marker
         if marker is None or marker.source != source_name:
             report.foreign += 1
             continue
         report.owned += 1
-        seen.add(item.input_id)
         old = beliefs.get(item.input_id)
         if old is not None and old.state is InputState.DELETING:
             folded[item.input_id] = old  # asynchronous delete still in progress
@@ -298,7 +298,7 @@ def fold_remote(
         kept = old if old is not None and record == old else record
         folded[kept.input_id] = kept
     for input_id, old in beliefs.items():
-        if input_id in seen:
+        if input_id in folded:
             continue
         if old.state is InputState.DELETING:
             report.deleted.append(input_id)
