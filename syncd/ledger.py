@@ -978,12 +978,17 @@ def _file_row(r: FileRecord, now: float) -> tuple[Any, ...]:
 
 def _input_row(r: InputRecord, now: float, attempt: bool) -> tuple[Any, ...]:
     labels = r.labels
+    state = r.state
     return (
         r.input_id,
         _path_in(r.path),
-        InputState(r.state).value,
+        # (every intent of an initial sync comes here: the enum call and an empty list's
+        # json.dumps cost more than the rest of the row)
+        state.value if isinstance(state, InputState) else InputState(state).value,
         r.sha256,
-        None if labels is None else json.dumps([[c, v] for c, v in labels.concepts]),
+        None
+        if labels is None
+        else (json.dumps([[c, v] for c, v in labels.concepts]) if labels.concepts else "[]"),
         None if labels is None else labels.metadata.encode("utf-8", "surrogatepass"),
         r.code,
         _text_in(r.description),

@@ -159,6 +159,11 @@ class MarkerLabels(Labels):
     def metadata(self) -> str:
         return marker_only_metadata(self.source, self.path, self.sha256)
 
+    def metadata_dict(self) -> dict[str, Any]:
+        # what json.loads(self.metadata) gives, without spelling and parsing it (every add)
+        marker = {"path": marker_path(self.path), "sha256": self.sha256, "source": self.source}
+        return {MARKER_KEY: marker}
+
     def __eq__(self, other: object) -> bool:
         if (
             isinstance(other, MarkerLabels)

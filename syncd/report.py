@@ -14,6 +14,9 @@ from typing import Any
 
 from syncd.model import Operation
 
+#: planned rows joined into one write of the JSON report
+WRITE_CHUNK_ROWS = 1_000
+
 
 @dataclass(frozen=True)
 class PassOptions:
@@ -96,10 +99,16 @@ class SyncReport:
         text = json.dumps(self.head(), indent=2, default=str)
         write(text[:-2])  # without the closing "\n}"
         for key, rows in (("planned", map(planned_entry, self.planned)), ("explain", self.explain)):
-            write(f',\n  "{key}": [')
+            # rows go out in chunks: with PYTHONUNBUFFERED (containers, some service managers)
+            # every write is a system call, one per row of a 100,000-add plan
+            chunk = [f',\n  "{key}": [']
             for n, row in enumerate(rows):
-                write(("," if n else "") + "\n    " + json.dumps(row, default=str))
-            write("\n  ]")
+                chunk.append(("," if n else "") + "\n    " + json.dumps(row, default=str))
+                if len(chunk) >= WRITE_CHUNK_ROWS:
+                    write("".join(chunk))
+                    chunk = []
+            chunk.append("\n  ]")
+            write("".join(chunk))
         write("\n}\n")
 
 

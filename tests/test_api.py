@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import traceback
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncd.api import RATE_HEADROOM, ApiStats, ClarifaiApi, ItemResult, RemoteRecord, chunk_ids
 from syncd.envelope import (
@@ -30,6 +33,7 @@ from syncd.envelope import (
     parse_code,
     parse_envelope,
     parse_retry_after,
+    quote_id,
 )
 from syncd.errors import AuthError, ConfigError, RejectedError, ThrottledError, TransientError
 
@@ -503,6 +507,65 @@ def test_a_5xx_retry_does_not_pause_other_callers(scripted: Scripted) -> None:
     api.check_auth()
     assert ft.sleeps == [3.0]
     api.close()
+
+
+def test_listing_by_ids_spells_each_id_safely_in_the_query(scripted: Scripted) -> None:
+    """Ids go in the query as they are when unreserved, percent-encoded otherwise; the
+    server reads back exactly the ids asked for."""
+    odd = ["plain-id_1.x~", "a/b", "with space", "é&=?#+"]
+    scripted.reply(200, {**OK, "inputs": [{"id": i} for i in odd]})
+    api = ClarifaiApi(scripted.url, SECRET, max_requests_per_second=None)
+    assert [r.input_id for r in api.list_inputs(ids=odd)] == odd
+    [req] = scripted.seen
+    path, _, query = req["path"].partition("?")
+    assert path == "/v2/inputs"
+    assert query.startswith("ids=plain-id_1.x~&ids=a%2Fb&ids=with%20space&")
+    assert urllib.parse.parse_qs(query)["ids"] == odd
+    assert urllib.parse.parse_qs(query)["per_page"] == ["4"]
+    api.close()
+
+
+@given(st.text(max_size=40))
+def test_quote_id_is_percent_encoding(input_id: str) -> None:
+    """quote_id's shortcut never changes what full percent-encoding gives."""
+    assert quote_id(input_id) == urllib.parse.quote(input_id, safe="")
+
+
+def test_proxy_settings_come_from_the_environment(
+    scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY carries the requests (the proxy sees the absolute URL); NO_PROXY for the
+    API's host sends them direct."""
+    monkeypatch.setenv("HTTP_PROXY", scripted.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    scripted.reply(200, {**OK, "counts": {}})
+    with ClarifaiApi("http://api.example.invalid", SECRET, max_requests_per_second=None) as api:
+        api.check_auth()
+    assert scripted.seen[-1]["path"] == "http://api.example.invalid/v2/inputs/status"
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    scripted.reply(200, {**OK, "counts": {}})
+    with ClarifaiApi(scripted.url, SECRET, max_requests_per_second=None, max_attempts=1) as api:
+        api.check_auth()
+    assert scripted.seen[-1]["path"] == "/v2/inputs/status"
+
+
+def test_a_netrc_entry_never_replaces_the_key_header(
+    scripted: Scripted, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """requests would apply ~/.netrc credentials for the host over our Authorization header;
+    the key is what is sent."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    scripted.reply(200, {**OK, "counts": {}})
+    with ClarifaiApi(scripted.url, SECRET, max_requests_per_second=None) as api:
+        api.check_auth()
+    assert scripted.seen[-1]["headers"]["Authorization"] == f"Key {SECRET}"
 
 
 def test_not_found_answers_mean_none_for_get_and_done_for_delete(scripted: Scripted) -> None:

@@ -113,6 +113,20 @@ def test_encode_inputs_splices_base64_bytes_unchanged() -> None:
     assert json.loads(body)["inputs"][0]["data"]["metadata"] == {"k": "é"}
 
 
+def test_encode_inputs_survives_its_placeholder_in_the_batch(monkeypatch: Any) -> None:
+    """Should a batch hold the very text that stands in for base64 (it is random, so only a
+    test can arrange it), the body is still exactly right."""
+    placeholder = "\x00syncd-base64-fixed"
+    monkeypatch.setattr("syncd.api._placeholder", lambda: placeholder)
+    raw = base64.b64encode(b"\x89PNG")
+    batch = [
+        {"id": "a", "data": {"image": {"base64": raw}, "metadata": {"k": placeholder}}},
+        {"id": "b", "data": {"image": {"base64": raw}}},
+    ]
+    body = encode_inputs(batch)
+    assert json.loads(body) == {"inputs": _plain(batch)}
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(list(OpKind)), ODD_TEXT, ODD_TEXT, ODD_TEXT), max_size=5),
@@ -136,3 +150,14 @@ def test_streamed_json_report_is_the_dumped_report(
     text = "".join(pieces)
     assert text.endswith("}\n")
     assert json.loads(text) == json.loads(json.dumps(report.as_dict(), default=str))
+
+
+def test_json_report_of_many_operations_goes_out_in_few_writes() -> None:
+    """Planned rows are written in chunks, not one write (a system call when stdout is
+    unbuffered) per row; the text is the same."""
+    ops = [Operation(OpKind.ADD, f"id{i:05d}", f"d/{i}.png", "new file") for i in range(2_500)]
+    report = SyncReport(planned=ops, seconds=1.0)
+    pieces: list[str] = []
+    report.write_json(pieces.append)
+    assert len(pieces) <= 10
+    assert json.loads("".join(pieces)) == json.loads(json.dumps(report.as_dict(), default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -174,6 +175,7 @@ def test_marker_labels_equal_the_labels_they_spell(
     assert lazy.metadata_dict() == {
         MARKER_KEY: {"source": source, "path": marker_path(path), "sha256": sha}
     }
+    assert lazy.metadata_dict() == json.loads(lazy.metadata) == spelled.metadata_dict()
     assert pickle.loads(pickle.dumps(lazy)) == lazy
     other = MarkerLabels(concepts, source, other_path, sha)
     same_text = marker_path(path) == marker_path(other_path)
