@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import syncd.ledger
 from syncd.errors import LedgerError, LedgerLocked
 from syncd.ledger import RECOVERY, SCHEMA_VERSION, Ledger
 from syncd.model import (
@@ -32,6 +34,7 @@ from syncd.model import (
 )
 from syncd.scanner import FileRecord, KnownFile
 
+REPO = Path(__file__).resolve().parent.parent
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 #: A relative path whose bytes are not UTF-8, as os.fsdecode gives it to syncd.
@@ -204,6 +207,97 @@ def test_newer_schema_is_refused(db_path: Path, tamper: str) -> None:
     assert str(db_path) in str(info.value)
     with pytest.raises(LedgerError, match="upgrade syncd"):
         Ledger.open(db_path)  # the failed open released the lock: same error, not LedgerLocked
+
+
+# --- sqlite-utils only to create or migrate the schema ----------------------------------------
+
+OPEN_AND_REPORT = textwrap.dedent(
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    import syncd.ledger
+    from syncd.ledger import Ledger
+
+    with Ledger.open(Path(sys.argv[1]), lock=sys.argv[2] == "lock") as ledger:
+        version = ledger.get_meta("schema_version")
+    report = [syncd.ledger.__file__, version, "sqlite_utils" in sys.modules]
+    print("report:", json.dumps(report))
+    """
+)
+
+
+def open_in_fresh_interpreter(db_path: Path, *, lock: bool = True) -> tuple[str, bool]:
+    """Open the ledger in a new interpreter: (schema version, whether sqlite_utils got imported)."""
+    argv = [sys.executable, "-c", OPEN_AND_REPORT, str(db_path), "lock" if lock else "no-lock"]
+    out = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith("report: ")]  # logs beside
+    module, version, imported = json.loads(line.removeprefix("report: "))
+    assert module == syncd.ledger.__file__  # the child ran the code under test
+    return version, imported
+
+
+def schema_of(db_path: Path) -> list[tuple[str, str, str | None]]:
+    """Every table and index of the file, with the SQL that made it."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_up_to_date_ledger_opens_without_importing_sqlite_utils(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A new ledger gets the full schema (sqlite-utils creates it); an up-to-date one opens,
+    locked or read-only, without importing sqlite-utils (~30 ms and ~3 MB every pass)."""
+    assert open_in_fresh_interpreter(db_path) == (str(SCHEMA_VERSION), True)
+    with Ledger.open(tmp_path / "in-process.db") as ledger:
+        ledger.put_inputs([input_record("i1", "a.jpg")])
+    assert schema_of(db_path) == schema_of(tmp_path / "in-process.db")
+    conn = sqlite3.connect(db_path)
+    try:
+        applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
+        assert applied == [
+            ("syncd-ledger", "0001_initial"),
+            ("syncd-ledger", "0002_inputs_by_state"),
+        ]
+    finally:
+        conn.close()
+    assert open_in_fresh_interpreter(db_path) == (str(SCHEMA_VERSION), False)
+    assert open_in_fresh_interpreter(db_path, lock=False) == (str(SCHEMA_VERSION), False)
+
+
+def downgrade_to_first_migration(db_path: Path) -> None:
+    """Make the ledger what syncd left before 0002: only 0001_initial applied."""
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("DROP INDEX idx_inputs_state")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_inputs_by_state'")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+
+def test_old_schema_ledger_is_migrated_and_keeps_its_rows(db_path: Path, tmp_path: Path) -> None:
+    """A ledger with only the first migration applied is refused read-only, and migrated (rows
+    kept) by a locked open in a fresh interpreter; from then on it opens without sqlite-utils."""
+    Ledger.open(tmp_path / "fresh.db").close()
+    with Ledger.open(db_path) as ledger:
+        ledger.put_inputs([input_record("i1", "a.jpg")])
+        ledger.set_meta("k", "v")
+    downgrade_to_first_migration(db_path)
+    assert schema_of(db_path) != schema_of(tmp_path / "fresh.db")
+    with pytest.raises(LedgerError, match="older schema"):
+        Ledger.open(db_path, lock=False)
+    assert open_in_fresh_interpreter(db_path) == (str(SCHEMA_VERSION), True)
+    assert schema_of(db_path) == schema_of(tmp_path / "fresh.db")
+    with Ledger.open(db_path) as ledger:
+        assert ledger.input("i1") == input_record("i1", "a.jpg")
+        assert ledger.get_meta("k") == "v"
+    assert open_in_fresh_interpreter(db_path) == (str(SCHEMA_VERSION), False)
 
 
 # --- the process lock -----------------------------------------------------------------------
@@ -535,6 +629,43 @@ def test_transaction_is_atomic_and_nests(ledger: Ledger) -> None:
             ledger.put_inputs([input_record("c", "c.jpg")])
             raise RuntimeError
     assert set(ledger.inputs()) == {"b"}
+
+
+def test_nested_transactions_on_disk(db_path: Path, clock: Clock) -> None:
+    """An inner block that raises undoes only its own writes when the outer block goes on; an
+    outer raise undoes everything, committed inner blocks included; nothing is visible to
+    another connection before the outermost block commits; what committed survives a reopen,
+    and no failed block leaves the write lock held."""
+    with Ledger.open(db_path, clock=clock) as ledger:
+        other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        try:
+            with ledger.transaction():
+                ledger.put_inputs([input_record("outer", "o.jpg")])
+                with pytest.raises(RuntimeError), ledger.transaction():
+                    ledger.put_inputs([input_record("inner", "i.jpg")])
+                    with ledger.transaction():  # committed, then undone with its parent
+                        ledger.set_meta("innermost", "x")
+                    raise RuntimeError
+                with ledger.transaction():
+                    ledger.set_meta("kept", "1")
+                assert set(ledger.inputs()) == {"outer"}
+                assert ledger.get_meta("innermost") is None
+                assert other.execute("SELECT count(*) FROM inputs").fetchone()[0] == 0
+            assert other.execute("SELECT count(*) FROM inputs").fetchone()[0] == 1
+
+            with pytest.raises(RuntimeError), ledger.transaction():
+                ledger.put_inputs([input_record("lost", "l.jpg")])
+                with ledger.transaction():
+                    ledger.set_meta("lost", "1")
+                raise RuntimeError
+            other.execute("BEGIN IMMEDIATE")  # the ledger holds no write lock any more
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+    with Ledger.open(db_path) as ledger:
+        assert set(ledger.inputs()) == {"outer"}
+        assert ledger.get_meta("kept") == "1"
+        assert [ledger.get_meta(k) for k in ("innermost", "lost")] == [None, None]
 
 
 def test_other_threads_wait_for_an_open_transaction(ledger: Ledger) -> None:
