@@ -526,7 +526,7 @@ class _Scan:
         else:
             known = None
             fstat = FileStat.of(st)
-            sha256, file_problem, trusted, hashed = self._content(rel, fstat)
+            sha256, file_problem, trusted, hashed = self._content(rel, path, fstat)
             if sha256 is not None:
                 sha256 = intern(sha256)
         input_id, labels, label_problem = self._labels(rel, sidecar)
@@ -551,8 +551,11 @@ class _Scan:
             hashed=hashed,
         )
 
-    def _content(self, rel: str, fstat: FileStat) -> tuple[str | None, str | None, bool, bool]:
-        """(sha256, problem, trusted, hashed): reuse the known hash when the stat is unchanged."""
+    def _content(
+        self, rel: str, path: str, fstat: FileStat
+    ) -> tuple[str | None, str | None, bool, bool]:
+        """(sha256, problem, trusted, hashed) of a file the stat cache cannot vouch for, read
+        at `path` (the absolute spelling of `rel`)."""
         if fstat.size > self.max_file_bytes:
             return (
                 None,
@@ -560,13 +563,9 @@ class _Scan:
                 False,
                 False,
             )
-        known = self.known.get(rel)
-        if known is not None and known.trusted and known.stat == fstat:
-            return known.sha256, None, True, False
-        path = self._abs(rel)
         try:
             with self.open_file(path, "rb") as handle:
-                sha256, head, tail, size = _read(handle, self.max_file_bytes)
+                sha256, head, tail, size = _read(handle, self.max_file_bytes, fstat.size)
         except FileNotFoundError:
             return None, f"{CHANGED} (it vanished)", False, False
         except OSError as exc:
@@ -679,23 +678,28 @@ class _Scan:
         return os.path.join(self.root, rel) if rel else self.root
 
 
-def _read(handle: Any, limit: int) -> tuple[str, bytes, bytes, int]:
+def _read(handle: Any, limit: int, expected: int) -> tuple[str, bytes, bytes, int]:
     """Stream a file once: sha256, its first HEAD_BYTES, its last TAIL_BYTES, bytes read.
 
     Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
+    The first read asks for one byte more than the `expected` size (capped at HASH_CHUNK):
+    a small file then takes one read, and no 1 MB buffer is allocated for a 10 KB file; a
+    shorter answer than asked for is the end of the file.
     """
     digest = hashlib.sha256()
     head = b""
     tail = b""
     size = 0
-    while chunk := handle.read(HASH_CHUNK):
+    ask = min(expected + 1, HASH_CHUNK)
+    while chunk := handle.read(ask):
         digest.update(chunk)
         size += len(chunk)
         if len(head) < HEAD_BYTES:
             head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
         tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (tail + chunk)[-TAIL_BYTES:]
-        if size > limit:
+        if size > limit or len(chunk) < ask:
             break
+        ask = HASH_CHUNK
     return digest.hexdigest(), head, tail, size
 
 
