@@ -86,6 +86,8 @@ class Executor:
     #: path -> the scanned stat, for files whose stat proves their bytes (outside the racy
     #: window); set by `add`
     _settled: Mapping[str, FileStat] = field(default_factory=dict, repr=False)
+    #: path -> size as scanned; set by `add`
+    _sizes: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     # --- adds --------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Executor:
         evidence the stat cache trusts); any other file is hashed to prove its bytes.
         """
         self._settled = settled or {}
+        self._sizes = sizes
         groups = batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
         if self.workers <= 1:
             for group in groups:
@@ -250,9 +253,12 @@ class Executor:
             self._skip(op, f"unreadable: {exc.strerror or exc}")
             return None
         try:
-            size = os.fstat(fd).st_size
-            # one byte past the size (capped) shows growth; read(max_file_bytes + 1) would
-            # allocate a 20 MB buffer per file, which dominated the read of small files
+            # the size as scanned (no fstat of its own: the stat after the read, and the hash
+            # or the settled stat, prove the bytes); one byte past it (capped) shows growth.
+            # read(max_file_bytes + 1) would allocate a 20 MB buffer per file.
+            size = self._sizes.get(op.path)
+            if size is None:
+                size = os.fstat(fd).st_size
             data = os.read(fd, min(size, self.max_file_bytes) + 1)
             after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
         except OSError as exc:

@@ -406,6 +406,32 @@ def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook)
     check_invariant(site.emu.url, root=site.root, source=site.source, ledger=site.ledger)
 
 
+@pytest.mark.parametrize("change", ["grown", "shrunk", "same size"])
+def test_a_file_changed_after_the_scan_is_not_sent(site: Site, hook: Hook, change: str) -> None:
+    """Whether the file grew, shrank or kept its size, bytes other than those scanned are
+    never sent: the upload reads exactly the scanned size plus one byte, and checks the rest
+    by hash."""
+    site.image("moving.png", 60)
+    path = site.root / "moving.png"
+
+    def rewrite() -> None:
+        data = path.read_bytes()
+        path.write_bytes(
+            {
+                "grown": data + b"\0" * 10,
+                "shrunk": data[:-10],
+                "same size": data[:-1] + bytes([data[-1] ^ 1]),
+            }[change]
+        )
+
+    hook.actions["ListInputs"] = after_the_scan(site, ["moving.png"], rewrite)
+
+    first = json.loads(reconcile(site, "--json").stdout)
+
+    assert "changed since it was scanned" in dict(first["skipped"])["moving.png"]
+    assert first["added"] == GOOD  # the site's good images; moving.png is not among them
+
+
 def test_text_report_names_a_file_changed_between_scan_and_read(site: Site, hook: Hook) -> None:
     """The text report of a pass that skipped a file rewritten after the scan names the file
     and the reason, so the exit code 1 is explained."""
