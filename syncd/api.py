@@ -363,9 +363,9 @@ class ClarifaiApi:
             if attempt == self._max_attempts:
                 cls = ThrottledError if verdict is Verdict.THROTTLED else TransientError
                 log.warning("api_gave_up", method=method, route=route, attempts=attempt)
-                raise self._fill(
-                    cls(f"{method} {route} failed after {attempt} attempts: {reason}"), env
-                )
+                gave_up = cls(f"{method} {route} failed after {attempt} attempts: {reason}")
+                gave_up.retry_after = retry_after
+                raise self._fill(gave_up, env)
             throttled = verdict is Verdict.THROTTLED
             delay = retry_after
             if delay is None:

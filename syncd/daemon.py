@@ -527,6 +527,7 @@ class Daemon:
         report = job.result if job.kind != "poll" else None
         if error is None and report is not None and report.errors:
             error = TransientError("; ".join(report.errors[:3]))
+            error.retry_after = report.retry_after  # a throttled upload's Retry-After
         if error is None:
             self._succeeded(job, report, now)
             return None

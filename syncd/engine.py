@@ -654,6 +654,7 @@ class Engine:
         report.vanished = list(outcome.vanished)
         report.errors = list(outcome.errors)
         report.unreachable = outcome.unreachable
+        report.retry_after = outcome.retry_after
         report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())
 
     def _report_states(self, report: SyncReport) -> None:

@@ -55,7 +55,13 @@ class AuthError(ApiError):
 
 
 class TransientError(ApiError):
-    """A retryable failure (5xx, 429, connection) that outlived its retries."""
+    """A retryable failure (5xx, 429, connection) that outlived its retries.
+
+    `retry_after`: the wait (seconds) the server asked for in its last answer, if it did: the
+    daemon waits at least that long before its next try.
+    """
+
+    retry_after: float | None = None
 
 
 class ThrottledError(TransientError):

@@ -62,6 +62,7 @@ class Outcome:
     blocked: dict[str, str] = field(default_factory=dict)  # input id -> why (foreign owner)
     errors: list[str] = field(default_factory=list)  # request-level failures
     unreachable: bool = False  # one of them was the remote being down or throttling
+    retry_after: float | None = None  # the longest wait the remote asked for (Retry-After)
     vanished: list[str] = field(default_factory=list)  # paths whose input a PATCH found gone
     bytes_read: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -429,6 +430,9 @@ class Executor:
         def note(o: Outcome) -> None:
             o.errors.append(message)
             o.unreachable = o.unreachable or isinstance(exc, TransientError)
+            asked = exc.retry_after if isinstance(exc, TransientError) else None
+            if asked is not None:
+                o.retry_after = max(asked, o.retry_after or 0.0)
 
         self.outcome.record(note)
         log.warning("request_failed", what=what, error=str(exc))

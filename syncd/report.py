@@ -58,6 +58,7 @@ class SyncReport:
     guard: str | None = None
     errors: list[str] = field(default_factory=list)
     unreachable: bool = False  # an error was the remote being down: exit 3, not 1
+    retry_after: float | None = None  # the longest wait the remote asked for (Retry-After)
     vanished: list[str] = field(default_factory=list)  # paths whose input was deleted remotely
     explain: list[dict[str, str]] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)

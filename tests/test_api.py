@@ -767,6 +767,20 @@ def test_throttle_storm_with_retry_after_is_waited_out(emulator: Any) -> None:
     api.close()
 
 
+def test_throttled_error_carries_the_servers_retry_after(emulator: Any) -> None:
+    """Giving up on a 429 storm that asked for Retry-After, the error says how long the server
+    asked to wait (the daemon waits at least that long)."""
+    emulator.set_faults(throttle_rps=1, retry_after=9)
+    ft = FakeTime()
+    api = api_for(emulator, sleep=ft.sleep, clock=ft.clock, max_attempts=2)
+    api.check_auth()
+    with pytest.raises(ThrottledError) as info:
+        api.add_inputs([image_item("storm-c")])
+    assert info.value.retry_after == 9.0
+    assert ft.sleeps == [9.0]
+    api.close()
+
+
 def test_throttle_storm_without_retry_after_backs_off_and_gives_up(emulator: Any) -> None:
     """Without Retry-After the waits follow the jittered schedule, and the storm is bounded."""
     emulator.set_faults(throttle_rps=1)

@@ -601,6 +601,33 @@ def test_remote_outage_is_logged_once_then_recovered(tmp_path: Path) -> None:
     assert daemon.ready_sent and engine.closed
 
 
+class ThrottledEngine(FlakyEngine):
+    """Stands in for Engine: every pass ends with its uploads throttled, the remote asking
+    for a wait of `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(TransientError("unused"), failures=0)
+        self.retry_after = retry_after
+
+    def sync_once(self, _options: Any) -> SyncReport:
+        self.calls += 1
+        return SyncReport(
+            errors=["add request failed: throttled"], unreachable=True, retry_after=self.retry_after
+        )
+
+
+def test_a_throttled_pass_waits_what_the_remote_asked(tmp_path: Path) -> None:
+    """When a pass's uploads gave up on 429s with Retry-After, the daemon's next try waits at
+    least that long (not its own, shorter backoff)."""
+    engine = ThrottledEngine(retry_after=30.0)
+    with capture_logs() as logs:
+        daemon = run_in_process(tmp_path, engine, lambda d: d.backoff.failures >= 1)
+    unavailable = next(e for e in logs if e["event"] == "remote_unavailable")
+    assert unavailable["retry_in"] >= 30.0
+    assert daemon.backoff.until - time.monotonic() > 25.0
+    assert engine.calls == 1
+
+
 def test_auth_failure_keeps_watching(tmp_path: Path) -> None:
     """A refused key is logged loudly with a fix, retried at the backoff cap, and not fatal."""
     engine = FlakyEngine(AuthError("the remote refused the API key"), failures=2)

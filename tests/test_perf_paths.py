@@ -91,6 +91,27 @@ def _send(tmp_path: Path, url: str, key: str, op_sha: str, settled: dict[str, Fi
         return executor.outcome
 
 
+def test_a_throttled_add_reports_the_wait_the_remote_asked_for(
+    tmp_path: Path, emulator: Any, api_key: str
+) -> None:
+    """An add that gave up on 429s carrying Retry-After leaves that wait in the outcome (the
+    report, and the daemon's next try, take it from there)."""
+    (tmp_path / "a.png").write_bytes(png_bytes(1))
+    sha = hashlib.sha256(png_bytes(1)).hexdigest()
+    labels = Labels((), marker_only_metadata("src", "a.png", sha))
+    op = Operation(OpKind.ADD, "id-a", "a.png", "new file", sha256=sha, labels=labels)
+    emulator.set_faults(throttle_rps=1, retry_after=7)
+    with (
+        Ledger.open(tmp_path / "ledger.db") as ledger,
+        ClarifaiApi(emulator.url, api_key, max_requests_per_second=None, max_attempts=1) as api,
+    ):
+        api.check_auth()  # takes the one request the throttle lets through this second
+        executor = Executor(api=api, ledger=ledger, root=tmp_path, source_name="src", workers=1)
+        executor.add([op], {"a.png": (tmp_path / "a.png").stat().st_size})
+    assert executor.outcome.retry_after == 7.0
+    assert executor.outcome.unreachable and executor.outcome.added == []
+
+
 def test_settled_file_is_sent_without_hashing(
     tmp_path: Path, emulator_url: str, api_key: str
 ) -> None:
