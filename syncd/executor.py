@@ -249,7 +249,9 @@ class Executor:
             )
             return {"url": url, "allow_duplicate_url": True}
         try:
-            fd = os.open(os.path.join(self.root, op.path), os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a file swapped for a named pipe since the scan must not hang the pass
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(os.path.join(self.root, op.path), flags)
         except OSError as exc:
             self._skip(op, f"unreadable: {exc.strerror or exc}")
             return None

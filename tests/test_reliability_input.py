@@ -406,16 +406,20 @@ def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook)
     check_invariant(site.emu.url, root=site.root, source=site.source, ledger=site.ledger)
 
 
-@pytest.mark.parametrize("change", ["grown", "shrunk", "same size"])
+@pytest.mark.parametrize("change", ["grown", "shrunk", "same size", "named pipe"])
 def test_a_file_changed_after_the_scan_is_not_sent(site: Site, hook: Hook, change: str) -> None:
-    """Whether the file grew, shrank or kept its size, bytes other than those scanned are
-    never sent: the upload reads exactly the scanned size plus one byte, and checks the rest
-    by hash."""
+    """Whether the file grew, shrank, kept its size or became a named pipe, bytes other than
+    those scanned are never sent (and a pipe never blocks the upload): the upload reads
+    exactly the scanned size plus one byte, and checks the rest by hash."""
     site.image("moving.png", 60)
     path = site.root / "moving.png"
 
     def rewrite() -> None:
         data = path.read_bytes()
+        if change == "named pipe":  # opening it for reading must not wait for a writer
+            path.unlink()
+            os.mkfifo(path)
+            return
         path.write_bytes(
             {
                 "grown": data + b"\0" * 10,

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -526,6 +527,61 @@ def test_file_deleted_between_stat_and_open(tmp_path: Path) -> None:
 
     result = run(tmp_path, open_file=Opener(tmp_path, gone))
     assert problems(result) == {"a.jpg": f"{CHANGED} (it vanished)"}
+
+
+def _after_first_stat(name: str, action: Callable[[], None]) -> Callable[[str], os.stat_result]:
+    """A `stat` that runs `action` right after the first stat of `name` (before the read)."""
+    done: list[bool] = []
+
+    def stat(path: str) -> os.stat_result:
+        st = os.stat(path)
+        if path.endswith(name) and not done:
+            done.append(True)
+            action()
+        return st
+
+    return stat
+
+
+@pytest.mark.parametrize("change", ["deleted", "grown", "rewritten"])
+def test_raw_read_sees_a_file_change_between_stat_and_read(tmp_path: Path, change: str) -> None:
+    """Images read through raw descriptors (the default) meet the same races as file objects:
+    gone before the open, grown or rewritten before the read are all held, never hashed."""
+    path = write_image(tmp_path / "a.jpg", png_bytes(tag="one"))
+    write_image(tmp_path / "b.jpg")
+    action = {
+        "deleted": path.unlink,
+        "grown": lambda: path.write_bytes(png_bytes(tag="one") + b"more"),
+        "rewritten": lambda: path.write_bytes(png_bytes(tag="two")),
+    }[change]
+
+    result = run(tmp_path, stat=_after_first_stat("a.jpg", action))
+
+    expected = f"{CHANGED} (it vanished)" if change == "deleted" else CHANGED
+    assert problems(result) == {"a.jpg": expected, "b.jpg": None}
+    assert result.snapshot.images["a.jpg"].sha256 is None
+
+
+def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
+    """A file replaced by a named pipe between its stat and its read is held; the scan goes
+    on (opening a pipe for reading would otherwise wait for a writer for ever)."""
+    path = write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg")
+
+    def swap() -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    results: list[ScanResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(run(tmp_path, stat=_after_first_stat("a.jpg", swap))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+
+    assert not worker.is_alive(), "the scan hung on the pipe"
+    assert problems(results[0]) == {"a.jpg": CHANGED, "b.jpg": None}
 
 
 def test_file_deleted_between_listing_and_stat(tmp_path: Path) -> None:
