@@ -640,8 +640,11 @@ class _Scan:
         shown = display_path(rel)
         path = self._abs(rel)
         try:
-            with (self.open_file or open)(path, "rb") as handle:
-                data = handle.read(SIDECAR_MAX_BYTES + 1)
+            if self.open_file is None:
+                data = _read_small(path, SIDECAR_MAX_BYTES + 1)
+            else:
+                with self.open_file(path, "rb") as handle:
+                    data = handle.read(SIDECAR_MAX_BYTES + 1)
         except FileNotFoundError:
             return SidecarError(f"{shown}: {CHANGED} (it vanished)")
         except OSError as exc:
@@ -689,6 +692,20 @@ class _Scan:
 
     def _abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
+
+
+def _read_small(path: str, limit: int) -> bytes:
+    """At most `limit` bytes of the file at `path` (non-blocking open: never waits on a pipe)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str, bytes, bytes, int]:

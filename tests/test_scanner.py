@@ -584,6 +584,31 @@ def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> Non
     assert problems(results[0]) == {"a.jpg": CHANGED, "b.jpg": None}
 
 
+def test_a_sidecar_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
+    """A sidecar replaced by a named pipe after the listing holds its image (the sidecar
+    reads as empty); the scan goes on."""
+    write_image(tmp_path / "a.jpg")
+    sidecar = write(tmp_path / "a.json", '{"concepts": {"cat": true}}')
+    write_image(tmp_path / "b.jpg")
+
+    def swap() -> None:
+        sidecar.unlink()
+        os.mkfifo(sidecar)
+
+    results: list[ScanResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(run(tmp_path, stat=_after_first_stat("a.jpg", swap))),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+
+    assert not worker.is_alive(), "the scan hung on the pipe"
+    held = problems(results[0])
+    assert held["b.jpg"] is None
+    assert held["a.jpg"] is not None and "a.json" in held["a.jpg"]
+
+
 def test_file_deleted_between_listing_and_stat(tmp_path: Path) -> None:
     """A file gone before its stat is simply absent (no image, no cache row)."""
     write_image(tmp_path / "a.jpg")
