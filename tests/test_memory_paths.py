@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.api import encode_inputs
-from syncd.model import Operation, OpKind
+from syncd.engine import _Settled, _Sizes
+from syncd.model import FileStat, Labels, LocalImage, Operation, OpKind
 from syncd.report import SyncReport
+from syncd.scanner import RACY_WINDOW_NS
 
 # Text with quotes, backslashes, control characters, non-BMP characters and surrogate escapes.
 ODD_TEXT = st.text(
@@ -161,3 +163,44 @@ def test_json_report_of_many_operations_goes_out_in_few_writes() -> None:
     report.write_json(pieces.append)
     assert len(pieces) <= 10
     assert json.loads("".join(pieces)) == json.loads(json.dumps(report.as_dict(), default=str))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**6),  # size
+            st.integers(-5, 5),  # mtime, relative to the racy bound
+            st.integers(-5, 5),  # ctime, relative to the racy bound
+            st.booleans(),  # hashed
+        ),
+        max_size=20,
+    )
+)
+def test_add_evidence_views_answer_as_the_dicts_did(
+    files: list[tuple[int, int, int, bool]],
+) -> None:
+    """The executor's evidence, read from the snapshot when asked, is exactly the two dicts it
+    replaced: every image's size, and the stat of images hashed and older than the racy
+    window."""
+    started = 10_000_000_000
+    racy_from = started - RACY_WINDOW_NS
+    images = {
+        f"d/{n}.png": LocalImage(
+            path=f"d/{n}.png",
+            stat=FileStat(size, racy_from + mtime, racy_from + ctime, n),
+            input_id=f"id{n}",
+            sha256="ab" * 32 if hashed else None,
+            labels=Labels(),
+        )
+        for n, (size, mtime, ctime, hashed) in enumerate(files)
+    }
+    sizes, settled = _Sizes(images), _Settled(images, started)
+
+    assert dict(sizes) == {p: img.stat.size for p, img in images.items()}
+    assert dict(settled) == {
+        p: img.stat
+        for p, img in images.items()
+        if img.sha256 is not None and max(img.stat.mtime_ns, img.stat.ctime_ns) < racy_from
+    }
+    assert settled.get("no/such.png") is None and sizes.get("no/such.png", 0) == 0
