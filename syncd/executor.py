@@ -262,7 +262,10 @@ class Executor:
             size = self._sizes.get(op.path)
             if size is None:
                 size = os.fstat(fd).st_size
-            data = os.read(fd, min(size, self.max_file_bytes) + 1)
+            want = min(size, self.max_file_bytes) + 1
+            data = os.read(fd, want)
+            if len(data) < size:  # a short read need not be the end (FUSE answers in pieces)
+                data = _read_on(fd, data, want)
             after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
         except OSError as exc:
             self._skip(op, f"unreadable: {exc.strerror or exc}")
@@ -476,6 +479,16 @@ class Executor:
 
 def _concepts_json(labels: Labels) -> list[dict[str, Any]]:
     return [{"id": cid, "value": value} for cid, value in labels.concepts]
+
+
+def _read_on(fd: int, first: bytes, want: int) -> bytes:
+    """`first` and what follows it from `fd`, up to `want` bytes in all or the end."""
+    parts = [first]
+    size = len(first)
+    while size < want and (chunk := os.read(fd, want - size)):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _intent(op: Operation, state: InputState) -> InputRecord:

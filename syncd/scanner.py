@@ -714,8 +714,9 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
 
     Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
     The first read asks for one byte more than the `expected` size (capped at HASH_CHUNK), so
-    that a 10 KB file does not allocate a 1 MB buffer; reading goes on until the end (a
-    short read need not be the end: FUSE file systems may answer in pieces).
+    that a 10 KB file does not allocate a 1 MB buffer. A short read need not be the end (FUSE
+    file systems may answer in pieces), so reading goes on until the end, or until exactly
+    the expected bytes came: then the caller's stat after the read proves there were no more.
     """
     digest = hashlib.sha256()
     head = b""
@@ -728,7 +729,7 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
         if len(head) < HEAD_BYTES:
             head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
         tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (tail + chunk)[-TAIL_BYTES:]
-        if size > limit:
+        if size > limit or size == expected:
             break
         ask = HASH_CHUNK
     return digest.hexdigest(), head, tail, size

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import pickle
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.api import ClarifaiApi
-from syncd.executor import Executor
+from syncd.executor import Executor, _read_on
 from syncd.ledger import Ledger
 from syncd.model import (
     MARKER_KEY,
@@ -248,3 +250,25 @@ def test_add_outcome_updates_the_intent_row_in_place(
     assert row.labels == Labels((), marker_only_metadata("src", "a.png", sha))
     assert row.state is InputState.PENDING and row.code == 30001
     assert row.description
+
+
+def test_an_add_reads_on_after_a_short_read() -> None:
+    """The add's read goes on after an answer shorter than the file (a pipe answers in pieces
+    as some FUSE file systems do), up to the size asked for or the end."""
+    read_fd, write_fd = os.pipe()
+    data = bytes(range(256)) * 40
+
+    def writer() -> None:
+        for start in range(0, len(data), 1000):
+            os.write(write_fd, data[start : start + 1000])
+            time.sleep(0.001)
+        os.close(write_fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        first = os.read(read_fd, 1000)
+        assert _read_on(read_fd, first, len(data) + 1) == data  # the end came first
+    finally:
+        thread.join()
+        os.close(read_fd)

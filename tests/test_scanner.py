@@ -562,6 +562,31 @@ def test_raw_read_sees_a_file_change_between_stat_and_read(tmp_path: Path, chang
     assert result.snapshot.images["a.jpg"].sha256 is None
 
 
+def test_reads_answered_in_pieces_still_hash_the_whole_file(tmp_path: Path) -> None:
+    """A file system that answers each read with at most 1,000 bytes (as some FUSE ones do)
+    gets the same hash and no problem: a short read is not taken for the end of the file."""
+    data = png_bytes(tag="pieces " * 800)  # ~5.6 KB: six reads of 1,000 bytes
+    write_image(tmp_path / "a.png", data)
+
+    class Pieces:
+        def __init__(self, path: str) -> None:
+            self.handle = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+
+        def read(self, n: int) -> bytes:
+            return self.handle.read(min(n, 1000))
+
+        def __enter__(self) -> Pieces:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    result = run(tmp_path, open_file=lambda path, mode="rb": Pieces(path))
+    image = result.snapshot.images["a.png"]
+    assert image.problem is None
+    assert image.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
     """A file replaced by a named pipe between its stat and its read is held; the scan goes
     on (opening a pipe for reading would otherwise wait for a writer for ever)."""
