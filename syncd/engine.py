@@ -903,6 +903,7 @@ class _Settled(Mapping[str, FileStat]):
             raise KeyError(path)
         return img.stat
 
+    # (iterating or counting goes through every image: the executor only looks paths up)
     def __iter__(self) -> Iterator[str]:
         return (path for path in self._images if path in self)
 

@@ -64,6 +64,18 @@ class TransientError(ApiError):
     retry_after: float | None = None
 
 
+def os_error_reason(exc: OSError) -> str:
+    """Why a file could not be read, for a person.
+
+    Files are opened without blocking (a file swapped for a named pipe must not hang a pass),
+    so a file another program holds a lease on (Samba oplocks, NFS delegations) answers
+    EWOULDBLOCK instead of making the open wait: said so, since it is retried next pass.
+    """
+    if isinstance(exc, BlockingIOError):
+        return "busy: another program holds a lease on it, or it is a pipe (tried again next pass)"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 class ThrottledError(TransientError):
     """429 / CONN_THROTTLED that outlived its retries."""
 

@@ -23,7 +23,7 @@ import structlog
 
 from syncd.batcher import batches
 from syncd.envelope import ItemResult, RemoteRecord
-from syncd.errors import AuthError, RejectedError, TransientError
+from syncd.errors import AuthError, RejectedError, TransientError, os_error_reason
 from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
 from syncd.planner import state_for_code
 from syncd.remote import remote_input
@@ -104,7 +104,7 @@ class Executor:
         racy window. A file read with exactly that stat is sent without hashing it again (the
         evidence the stat cache trusts); any other file is hashed to prove its bytes.
         """
-        self._settled = settled or {}
+        self._settled = {} if settled is None else settled  # (a view: no bool(), no len())
         self._sizes = sizes
         groups = batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
         if self.workers <= 1:
@@ -253,7 +253,7 @@ class Executor:
             flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
             fd = os.open(os.path.join(self.root, op.path), flags)
         except OSError as exc:
-            self._skip(op, f"unreadable: {exc.strerror or exc}")
+            self._skip(op, f"unreadable: {os_error_reason(exc)}")
             return None
         try:
             # the size as scanned (no fstat of its own: the stat after the read, and the hash
@@ -268,7 +268,7 @@ class Executor:
                 data = _read_on(fd, data, want)
             after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
         except OSError as exc:
-            self._skip(op, f"unreadable: {exc.strerror or exc}")
+            self._skip(op, f"unreadable: {os_error_reason(exc)}")
             return None
         finally:
             os.close(fd)

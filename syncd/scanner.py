@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from syncd.errors import SidecarError
+from syncd.errors import SidecarError, os_error_reason
 from syncd.imageformat import HEAD_BYTES, TAIL_BYTES, image_problem_parts
 from syncd.model import FileStat, Labels, LocalImage, LocalSnapshot, derive_input_id
 from syncd.sidecar import (
@@ -287,7 +287,7 @@ class _Scan:
         except FileNotFoundError:
             return (0, 0), f"root {shown} does not exist"
         except OSError as exc:
-            return (0, 0), f"root {shown} is unreadable: {_reason(exc)}"
+            return (0, 0), f"root {shown} is unreadable: {os_error_reason(exc)}"
         if not statmod.S_ISDIR(st.st_mode):
             return (0, 0), f"root {shown} is not a directory"
         return (st.st_dev, st.st_ino), None
@@ -434,7 +434,7 @@ class _Scan:
             else:
                 mode = 0
         except OSError as exc:
-            reason = f"{'broken symlink' if is_link else 'cannot stat'}: {_reason(exc)}"
+            reason = f"{'broken symlink' if is_link else 'cannot stat'}: {os_error_reason(exc)}"
             self._skip(_join(rel_dir, name), reason)
             return
         if statmod.S_ISDIR(mode):
@@ -505,7 +505,7 @@ class _Scan:
         except FileNotFoundError:
             return  # removed since the listing: simply absent
         except OSError as exc:
-            reason = f"cannot stat: {_reason(exc)}"
+            reason = f"cannot stat: {os_error_reason(exc)}"
             self.unscanned.add(rel)
             self.records[rel] = FileRecord(rel, None, None, False, reason)
             log.warning("scan_image_problem", path=display_path(rel), problem=reason)
@@ -582,7 +582,7 @@ class _Scan:
         except FileNotFoundError:
             return None, f"{CHANGED} (it vanished)", False, False
         except OSError as exc:
-            return None, f"unreadable: {_reason(exc)}", False, False
+            return None, f"unreadable: {os_error_reason(exc)}", False, False
         self.counts["files_hashed"] += 1
         self.counts["bytes_hashed"] += size
         try:
@@ -648,7 +648,7 @@ class _Scan:
         except FileNotFoundError:
             return SidecarError(f"{shown}: {CHANGED} (it vanished)")
         except OSError as exc:
-            return SidecarError(f"{shown}: unreadable: {_reason(exc)}")
+            return SidecarError(f"{shown}: unreadable: {os_error_reason(exc)}")
         if len(data) > SIDECAR_MAX_BYTES:
             try:
                 size = f"{self.stat(path).st_size} bytes"
@@ -683,8 +683,8 @@ class _Scan:
         """A folder that cannot be listed: nothing under it is judged missing, and it is
         reported (as skipped) with the reason."""
         self.unscanned.add(rel)
-        self.skipped[rel or "."] = f"cannot read folder: {_reason(exc)}"
-        log.warning("scan_dir_unreadable", path=display_path(rel), error=_reason(exc))
+        self.skipped[rel or "."] = f"cannot read folder: {os_error_reason(exc)}"
+        log.warning("scan_dir_unreadable", path=display_path(rel), error=os_error_reason(exc))
 
     def _skip(self, rel: str, reason: str) -> None:
         self.skipped[rel] = reason
@@ -715,8 +715,9 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
     Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
     The first read asks for one byte more than the `expected` size (capped at HASH_CHUNK), so
     that a 10 KB file does not allocate a 1 MB buffer. A short read need not be the end (FUSE
-    file systems may answer in pieces), so reading goes on until the end, or until exactly
-    the expected bytes came: then the caller's stat after the read proves there were no more.
+    file systems may answer in pieces), so reading goes on until the end. Once exactly the
+    expected bytes came, the read that finds the end asks for one byte: a file that grew is
+    caught by its content too, not only by a stat that a file system may serve from a cache.
     """
     digest = hashlib.sha256()
     head = b""
@@ -729,9 +730,9 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
         if len(head) < HEAD_BYTES:
             head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
         tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else (tail + chunk)[-TAIL_BYTES:]
-        if size > limit or size == expected:
+        if size > limit:
             break
-        ask = HASH_CHUNK
+        ask = 1 if size == expected else HASH_CHUNK
     return digest.hexdigest(), head, tail, size
 
 
@@ -766,7 +767,3 @@ def _join(rel_dir: str, name: str) -> str:
 
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__

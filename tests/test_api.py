@@ -552,6 +552,26 @@ def test_proxy_settings_come_from_the_environment(
     assert scripted.seen[-1]["path"] == "/v2/inputs/status"
 
 
+def test_ca_bundle_and_other_proxies_are_taken_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The environment is read once, and all of it that requests would honour still applies:
+    REQUESTS_CA_BUNDLE (a company's CA), HTTPS_PROXY and ALL_PROXY."""
+    ca = tmp_path / "company-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.invalid:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://fallback.example.invalid:3128")
+    with ClarifaiApi("https://api.clarifai.com", SECRET) as api:
+        session = api._session
+        assert session.verify == str(ca)
+        assert session.proxies["https"] == "http://proxy.example.invalid:3128"
+        assert session.proxies["all"] == "http://fallback.example.invalid:3128"
+        assert session.trust_env is False  # nothing is read again per request
+
+
 def test_a_netrc_entry_never_replaces_the_key_header(
     scripted: Scripted, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
@@ -767,9 +787,11 @@ def test_throttle_storm_with_retry_after_is_waited_out(emulator: Any) -> None:
     api.close()
 
 
-def test_throttled_error_carries_the_servers_retry_after(emulator: Any) -> None:
+def test_throttled_error_carries_the_servers_retry_after(manual_emulator: Any) -> None:
     """Giving up on a 429 storm that asked for Retry-After, the error says how long the server
-    asked to wait (the daemon waits at least that long)."""
+    asked to wait (the daemon waits at least that long). The emulator's clock stands still:
+    its one-second window stays full."""
+    emulator = manual_emulator
     emulator.set_faults(throttle_rps=1, retry_after=9)
     ft = FakeTime()
     api = api_for(emulator, sleep=ft.sleep, clock=ft.clock, max_attempts=2)

@@ -94,10 +94,12 @@ def _send(tmp_path: Path, url: str, key: str, op_sha: str, settled: dict[str, Fi
 
 
 def test_a_throttled_add_reports_the_wait_the_remote_asked_for(
-    tmp_path: Path, emulator: Any, api_key: str
+    tmp_path: Path, manual_emulator: Any, api_key: str
 ) -> None:
     """An add that gave up on 429s carrying Retry-After leaves that wait in the outcome (the
-    report, and the daemon's next try, take it from there)."""
+    report, and the daemon's next try, take it from there). The emulator's clock stands
+    still: its one-second window stays full."""
+    emulator = manual_emulator
     (tmp_path / "a.png").write_bytes(png_bytes(1))
     sha = hashlib.sha256(png_bytes(1)).hexdigest()
     labels = Labels((), marker_only_metadata("src", "a.png", sha))
@@ -272,3 +274,17 @@ def test_an_add_reads_on_after_a_short_read() -> None:
     finally:
         thread.join()
         os.close(read_fd)
+
+
+def test_an_add_of_a_file_read_in_pieces_is_sent_whole(
+    tmp_path: Path, emulator_url: str, api_key: str, monkeypatch: Any
+) -> None:
+    """When every read answers at most 1,000 bytes (some FUSE file systems do), the add still
+    reads the whole file and sends it: a short read is not taken for a changed file."""
+    data = png_bytes(5, side=64)  # ~4 KB: five reads
+    (tmp_path / "a.png").write_bytes(data)
+    real_read = os.read
+    monkeypatch.setattr("syncd.executor.os.read", lambda fd, n: real_read(fd, min(n, 1000)))
+    # not settled: the bytes read are hashed, so a prefix would be refused as changed
+    outcome = _send(tmp_path, emulator_url, api_key, hashlib.sha256(data).hexdigest(), {})
+    assert outcome.added == ["id-a"] and outcome.skipped == []

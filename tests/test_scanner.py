@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -585,6 +587,25 @@ def test_reads_answered_in_pieces_still_hash_the_whole_file(tmp_path: Path) -> N
     image = result.snapshot.images["a.png"]
     assert image.problem is None
     assert image.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_under_another_programs_lease_is_held_as_busy(tmp_path: Path) -> None:
+    """A file someone holds a write lease on (as Samba and NFS servers do) cannot be opened
+    without waiting: it is held as busy, to be tried again next pass, and the scan goes on."""
+    path = write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg")
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease holder's break notice
+    holder = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        result = run(tmp_path)
+    finally:
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        os.close(holder)
+        signal.signal(signal.SIGIO, previous)
+    held = problems(result)
+    assert held["b.jpg"] is None
+    assert held["a.jpg"] is not None and held["a.jpg"].startswith("unreadable: busy")
 
 
 def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Site, Traffic, make_site, remote_inputs, sync_pass
+from helpers import Site, Traffic, make_site, open_site_engine, remote_inputs, sync_pass
 
+from syncd.api import ClarifaiApi
 from syncd.emulator import Emulator
+from syncd.emulator.clock import ManualClock
 from syncd.errors import AuthError
 from syncd.model import InputState
+from syncd.report import PassOptions
 
 BATCH = 4
 WORKERS = 3
@@ -115,3 +118,23 @@ def test_key_revoked_mid_run_stops_the_pipeline_after_the_submitted_batches(
     adding = [i for i, s in states.items() if s is InputState.ADDING]
     assert len(adding) <= (_posts(emu) - accepted + 1) * BATCH
     assert len(states) < IMAGES
+
+
+def test_a_throttled_pass_reports_the_wait_the_remote_asked_for(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """A pass whose add gave up on 429s carrying Retry-After reports that wait (the daemon's
+    next try waits at least that long): from the HTTP header to the report."""
+    emu = make_emulator(clock=ManualClock())  # its one-second throttle window stays full
+    site = make_site(tmp_path, emu)
+    site.image("a.png", 1)
+    emu.set_faults(throttle_rps=1, retry_after=7)
+    engine = open_site_engine(site)
+    engine.api = ClarifaiApi(emu.url, emu.api_keys[0], max_attempts=1, max_requests_per_second=None)
+    try:
+        engine.api.check_auth()  # takes the one request the window admits
+        report = engine.sync_once(PassOptions(local_only=True))
+    finally:
+        engine.close()
+    assert report.retry_after == 7.0
+    assert report.unreachable and report.added == 0 and report.errors
