@@ -7,6 +7,7 @@ the same rules to fail processing the way the real service does.
 
 from __future__ import annotations
 
+import re
 import struct
 
 #: How many bytes from the start and from the end a check needs.
@@ -41,11 +42,15 @@ def _bmp_header_size(head: bytes) -> int:
     return int(struct.unpack_from("<I", head, 14)[0])
 
 
-def image_problem_parts(head: bytes, tail: bytes, size: int) -> str | None:
+def image_problem_parts(
+    head: bytes, tail: bytes, size: int, jpeg: JpegScan | None = None
+) -> str | None:
     """Why a file with this start, end and size is not a whole supported image (None: it is).
 
     `head` is at least the first HEAD_BYTES bytes (or the whole file), `tail` the last
-    TAIL_BYTES bytes (or the whole file).
+    TAIL_BYTES bytes (or the whole file). `jpeg`, a JpegScan fed the whole file, decides a
+    JPEG's end when it could follow the file's structure; otherwise an end-of-image marker
+    must be among the last bytes.
     """
     if size == 0:
         return "empty file (0 bytes)"
@@ -53,8 +58,13 @@ def image_problem_parts(head: bytes, tail: bytes, size: int) -> str | None:
     if fmt is None:
         return "not an image: no JPEG, PNG, GIF, TIFF, BMP or WEBP signature"
     trimmed = tail.rstrip(b"\x00")
-    if fmt == "JPEG" and b"\xff\xd9" not in trimmed[-TAIL_BYTES:]:
-        return "truncated JPEG (no end-of-image marker)"
+    if fmt == "JPEG":
+        if jpeg is not None and jpeg.followed:
+            whole = jpeg.ended
+        else:
+            whole = b"\xff\xd9" in trimmed[-TAIL_BYTES:]
+        if not whole:
+            return "truncated JPEG (no end-of-image marker)"
     if fmt == "PNG" and b"IEND\xaeB`\x82" not in tail:
         return "truncated PNG (no IEND chunk)"
     if fmt == "GIF" and not trimmed.endswith(b";"):
@@ -72,4 +82,92 @@ def image_problem_parts(head: bytes, tail: bytes, size: int) -> str | None:
 
 def image_problem(data: bytes) -> str | None:
     """Why these bytes are not a whole supported image, or None when they are."""
-    return image_problem_parts(data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data))
+    jpeg = None
+    if sniff_format(data[:HEAD_BYTES]) == "JPEG":
+        jpeg = JpegScan()
+        jpeg.feed(data)
+    return image_problem_parts(data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), jpeg)
+
+
+#: In entropy-coded data, a 0xFF is followed by 0x00 (a stuffed byte), a restart marker
+#: (0xD0-0xD7) or more 0xFF (fill); anything else starts the next segment. (A 0xFF at the end
+#: of a piece does not match: what follows it is not known yet.)
+_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+
+
+class JpegScan:
+    """Follows a JPEG's segments as its bytes stream by, to find the end-of-image marker of
+    the image itself: not one inside an embedded thumbnail (APPn segments are skipped by
+    their length), and not one after it (a phone's motion photo appends a video).
+
+    `feed` takes the file in consecutive pieces of any size. `ended`: the image's own end
+    marker came. `followed`: the structure made sense all along; when it did not (bytes
+    where a marker must be), the caller falls back to looking for a marker near the end.
+    Entropy-coded data is searched by a regular expression, at about sha256's speed.
+    """
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.followed = True
+        self._carry = b""  # the start of a marker or length split across pieces
+        self._skip = 0  # bytes of the current segment still to pass over
+        self._entropy = False  # inside a scan's entropy-coded data
+        self._started = False  # SOI seen
+
+    def feed(self, piece: bytes) -> None:
+        if self.ended or not self.followed:
+            return
+        if self._skip:
+            passed = min(self._skip, len(piece))
+            self._skip -= passed
+            piece = piece[passed:]  # (a copy only in the rare piece that ends a segment)
+            if self._skip:
+                return
+        data = self._carry + piece if self._carry else piece
+        self._carry = b""
+        i, n = 0, len(data)
+        while i < n:
+            if self._entropy:
+                found = _NEXT_MARKER.search(data, i)
+                if found is None:
+                    # a trailing 0xFF may start a marker in the next piece
+                    self._carry = data[-1:] if data[-1] == 0xFF else b""
+                    return
+                i = found.start()
+                self._entropy = False
+            if n - i < 2:
+                self._carry = data[i:]
+                return
+            if data[i] != 0xFF:
+                self.followed = False  # not a marker where one must be: judged by the tail
+                return
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte before a marker
+                i += 1
+                continue
+            if not self._started:
+                if marker != 0xD8:
+                    self.followed = False
+                    return
+                self._started = True
+                i += 2
+                continue
+            if marker == 0xD9:
+                self.ended = True
+                return
+            if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+                i += 2
+                continue
+            if n - i < 4:
+                self._carry = data[i:]
+                return
+            length = (data[i + 2] << 8) | data[i + 3]
+            if length < 2:
+                self.followed = False
+                return
+            self._entropy = marker == 0xDA  # SOS: entropy-coded data follows its header
+            end = i + 2 + length
+            if end > n:
+                self._skip = end - n
+                return
+            i = end

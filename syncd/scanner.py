@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from syncd.errors import SidecarError, os_error_reason
-from syncd.imageformat import HEAD_BYTES, TAIL_BYTES, image_problem_parts
+from syncd.imageformat import HEAD_BYTES, TAIL_BYTES, JpegScan, image_problem_parts
 from syncd.model import FileStat, Labels, LocalImage, LocalSnapshot, derive_input_id
 from syncd.sidecar import (
     SIDECAR_MAX_BYTES,
@@ -571,14 +571,16 @@ class _Scan:
                 # swapped for a FIFO since the stat fails instead of hanging the scan.
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
-                    sha256, head, tail, size = _read(
+                    sha256, head, tail, size, jpeg = _read(
                         lambda n: os.read(fd, n), self.max_file_bytes, fstat.size
                     )
                 finally:
                     os.close(fd)
             else:
                 with self.open_file(path, "rb") as handle:
-                    sha256, head, tail, size = _read(handle.read, self.max_file_bytes, fstat.size)
+                    sha256, head, tail, size, jpeg = _read(
+                        handle.read, self.max_file_bytes, fstat.size
+                    )
         except FileNotFoundError:
             return None, f"{CHANGED} (it vanished)", False, False
         except OSError as exc:
@@ -592,7 +594,7 @@ class _Scan:
             same = None
         if same != fstat or size != fstat.size:
             return None, CHANGED, False, False
-        problem = image_problem_parts(head, tail, size)
+        problem = image_problem_parts(head, tail, size, jpeg)
         racy = max(fstat.mtime_ns, fstat.ctime_ns) >= self.racy_from_ns
         return sha256, problem, problem is None and not racy, True
 
@@ -708,9 +710,11 @@ def _read_small(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str, bytes, bytes, int]:
+def _read(
+    read: Callable[[int], bytes], limit: int, expected: int
+) -> tuple[str, bytes, bytes, int, JpegScan]:
     """Stream a file once through `read`: sha256, its first HEAD_BYTES, its last TAIL_BYTES,
-    bytes read.
+    bytes read, and a JpegScan of them (it gives up at once on other formats).
 
     Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
     The first read asks for one byte more than the `expected` size (capped at HASH_CHUNK), so
@@ -720,12 +724,14 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
     caught by its content too, not only by a stat that a file system may serve from a cache.
     """
     digest = hashlib.sha256()
+    jpeg = JpegScan()
     head = b""
     tail = b""
     size = 0
     ask = min(expected + 1, HASH_CHUNK)
     while chunk := read(ask):
         digest.update(chunk)
+        jpeg.feed(chunk)
         size += len(chunk)
         if len(head) < HEAD_BYTES:
             head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
@@ -733,7 +739,7 @@ def _read(read: Callable[[int], bytes], limit: int, expected: int) -> tuple[str,
         if size > limit:
             break
         ask = 1 if size == expected else HASH_CHUNK
-    return digest.hexdigest(), head, tail, size
+    return digest.hexdigest(), head, tail, size, jpeg
 
 
 def _normalize_scope(path: str) -> str:

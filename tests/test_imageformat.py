@@ -15,6 +15,7 @@ from syncd.imageformat import (
     FORMATS,
     HEAD_BYTES,
     TAIL_BYTES,
+    JpegScan,
     image_problem,
     image_problem_parts,
     sniff_format,
@@ -110,12 +111,6 @@ def test_any_bytes_never_raise(fmt: str, noise: bytes, keep: int) -> None:
         assert result is None or isinstance(result, str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limitation: data after the JPEG EOI beyond TAIL_BYTES (e.g. "
-    "a phone's motion photo, an MP4 appended to the JPEG) reads as truncated; "
-    "documented in docs/dataset-rules.md",
-)
 def test_jpeg_with_a_large_appended_trailer_is_whole() -> None:
     """A JPEG followed by more than TAIL_BYTES of other data is still a whole image."""
     assert image_problem(jpeg_bytes() + b"\x01" * (TAIL_BYTES + 1000)) is None
@@ -142,11 +137,6 @@ def test_truncated_tiff_is_refused() -> None:
     assert image_problem(tiff_bytes()[:-1]) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limitation: in a file smaller than TAIL_BYTES an EXIF "
-    "thumbnail's EOI marker hides the truncation of the main image",
-)
 def test_small_truncated_jpeg_with_thumbnail_is_refused() -> None:
     """A small JPEG whose main scan is cut is refused even if it embeds a whole thumbnail."""
     thumb = jpeg_bytes(tag="thumb")
@@ -154,3 +144,79 @@ def test_small_truncated_jpeg_with_thumbnail_is_refused() -> None:
     data = b"\xff\xd8" + app1 + jpeg_bytes(64, 64)[2:]
     assert image_problem(data) is None
     assert image_problem(data[:-40]) is not None
+
+
+def _segment(marker: int, data: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(data) + 2).to_bytes(2, "big") + data
+
+
+#: A JPEG's structure as a progressive file has it: two scans with a Huffman table between,
+#: entropy-coded data holding stuffed 0xFF bytes, restart markers and fill bytes, and an
+#: APP1 (EXIF) segment that embeds a whole thumbnail with its own end marker.
+THUMB = jpeg_bytes(tag="thumb")
+STRUCTURED = b"".join(
+    [
+        b"\xff\xd8",
+        _segment(0xE1, b"Exif\x00\x00" + THUMB),
+        _segment(0xDB, b"\x00" + b"\x01" * 64),
+        _segment(0xC2, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00"),
+        _segment(0xC4, b"\x00" + b"\x01" + b"\x00" * 15 + b"\x00"),
+        _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00"),
+        b"\x12\xff\x00\x34\xff\xd0\x56\xff\x00\xff\xd1\x78",
+        _segment(0xC4, b"\x10" + b"\x01" + b"\x00" * 15 + b"\x00"),
+        _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00"),
+        b"\x9a\xff\x00" * 50 + b"\xbc",
+        b"\xff\xff\xd9",  # a fill byte, then the image's end
+    ]
+)
+
+
+def test_jpeg_structure_is_followed_past_thumbnails_stuffing_and_scans() -> None:
+    """The image's own end marker is found through an embedded thumbnail, stuffed bytes,
+    restart markers and several scans; cutting it off anywhere after the thumbnail is
+    truncation, whatever end markers the thumbnail holds."""
+    assert image_problem(STRUCTURED) is None
+    assert image_problem(STRUCTURED + b"\x00\x00\x00\x18ftypmp42" + b"\xff\xd9" * 9000) is None
+    thumb_end = STRUCTURED.index(THUMB) + len(THUMB)
+    for cut in (thumb_end, thumb_end + 40, len(STRUCTURED) - 30, len(STRUCTURED) - 1):
+        problem = image_problem(STRUCTURED[:cut])
+        assert problem == "truncated JPEG (no end-of-image marker)", cut
+
+
+def test_jpeg_whose_structure_cannot_be_followed_is_judged_by_its_tail() -> None:
+    """Bytes where a marker must be (as some cameras write) make the check fall back to an
+    end marker among the last bytes, so such files are not refused for their oddity."""
+    odd = b"\xff\xd8" + _segment(0xE0, b"JFIF\x00") + b"camera junk" + jpeg_bytes()[2:]
+    scan = JpegScan()
+    scan.feed(odd)
+    assert not scan.followed
+    assert image_problem(odd) is None
+    assert image_problem(odd[:-2]) == "truncated JPEG (no end-of-image marker)"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["whole", "trailer", "cut"]),
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 300), min_size=1, max_size=40),
+)
+def test_jpeg_scan_gives_one_verdict_however_the_bytes_are_cut(
+    kind: str, at: int, pieces: list[int]
+) -> None:
+    """Fed in pieces of any sizes (as reads return them), the scan reaches the verdict it
+    reaches on the whole file at once."""
+    data = {
+        "whole": STRUCTURED,
+        "trailer": STRUCTURED + bytes(range(256)) * 8,
+        "cut": STRUCTURED[: at % len(STRUCTURED)],
+    }[kind]
+    whole = JpegScan()
+    whole.feed(data)
+    split = JpegScan()
+    start = 0
+    for size in pieces * (len(data) // max(1, sum(pieces)) + 1):
+        split.feed(data[start : start + size])
+        start += size
+        if start >= len(data):
+            break
+    assert (split.ended, split.followed) == (whole.ended, whole.followed)

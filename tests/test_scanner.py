@@ -589,6 +589,27 @@ def test_reads_answered_in_pieces_still_hash_the_whole_file(tmp_path: Path) -> N
     assert image.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_motion_photo_is_whole_and_a_thumbnail_does_not_hide_truncation(
+    tmp_path: Path,
+) -> None:
+    """A JPEG with a video appended (a phone's motion photo: far more than the last 4 KB after
+    its end marker) is a whole image; a JPEG cut short is held even when an embedded
+    thumbnail brings an end marker of its own. Both judged while the file is hashed."""
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 1000  # ~256 KB, with 0xFF D9s
+    write_image(tmp_path / "motion.jpg", jpeg_bytes(64, 64) + video)
+    thumb = jpeg_bytes(tag="thumb")
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + thumb
+    with_thumb = b"\xff\xd8" + app1 + jpeg_bytes(64, 64)[2:]
+    write_image(tmp_path / "cut.jpg", with_thumb[:-40])
+
+    result = run(tmp_path)
+
+    assert problems(result) == {
+        "cut.jpg": "truncated JPEG (no end-of-image marker)",
+        "motion.jpg": None,
+    }
+
+
 def test_a_file_under_another_programs_lease_is_held_as_busy(tmp_path: Path) -> None:
     """A file someone holds a write lease on (as Samba and NFS servers do) cannot be opened
     without waiting: it is held as busy, to be tried again next pass, and the scan goes on."""
