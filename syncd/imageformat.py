@@ -93,6 +93,9 @@ def image_problem(data: bytes) -> str | None:
 #: (0xD0-0xD7) or more 0xFF (fill); anything else starts the next segment. (A 0xFF at the end
 #: of a piece does not match: what follows it is not known yet.)
 _NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+#: The markers that may follow a scan's data: EOI, another scan (SOS) or the tables between
+#: progressive scans (DHT, DQT, DRI, DNL, DAC), and a comment.
+_AFTER_SCAN = frozenset({0xD9, 0xDA, 0xC4, 0xDB, 0xDD, 0xDC, 0xCC, 0xFE})
 
 
 class JpegScan:
@@ -134,6 +137,11 @@ class JpegScan:
                     self._carry = data[-1:] if data[-1] == 0xFF else b""
                     return
                 i = found.start()
+                if data[i + 1] not in _AFTER_SCAN:
+                    # a stray 0xFF in damaged scan data (libjpeg decodes such files with a
+                    # warning): not a structure to judge by, so the tail rule decides
+                    self.followed = False
+                    return
                 self._entropy = False
             if n - i < 2:
                 self._carry = data[i:]
@@ -162,7 +170,7 @@ class JpegScan:
                 self._carry = data[i:]
                 return
             length = (data[i + 2] << 8) | data[i + 3]
-            if length < 2:
+            if length < 2 or (marker in (0xDC, 0xDD) and length != 4):  # DNL, DRI: 4 always
                 self.followed = False
                 return
             self._entropy = marker == 0xDA  # SOS: entropy-coded data follows its header

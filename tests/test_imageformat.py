@@ -194,6 +194,23 @@ def test_jpeg_whose_structure_cannot_be_followed_is_judged_by_its_tail() -> None
     assert image_problem(odd[:-2]) == "truncated JPEG (no end-of-image marker)"
 
 
+@pytest.mark.parametrize(
+    "stray",
+    [b"\xff\xea\x65\x1b", b"\xff\xdc\x41\x6c", b"\xff\x12\x34\x56"],
+    ids=["app10", "dnl-with-a-wrong-length", "no-such-marker"],
+)
+def test_damaged_scan_data_is_judged_by_its_tail(stray: bytes) -> None:
+    """A stray 0xFF in scan data (a bit error libjpeg decodes past with a warning) reads as a
+    marker that cannot follow scan data, or one with an impossible length: the structure is
+    not judged, and the file is whole by the tail rule, as before this check existed."""
+    second_scan = STRUCTURED.rindex(b"\x9a\xff\x00")
+    damaged = STRUCTURED[:second_scan] + stray + STRUCTURED[second_scan:]
+    scan = JpegScan()
+    scan.feed(damaged)
+    assert not scan.followed
+    assert image_problem(damaged) is None
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["whole", "trailer", "cut"]),
