@@ -27,6 +27,7 @@ from syncd.errors import AuthError, RejectedError, TransientError, os_error_reas
 from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
 from syncd.planner import state_for_code
 from syncd.remote import remote_input
+from syncd.scanner import read_up_to
 
 log = structlog.get_logger(__name__)
 
@@ -265,7 +266,7 @@ class Executor:
             want = min(size, self.max_file_bytes) + 1
             data = os.read(fd, want)
             if len(data) < size:  # a short read need not be the end (FUSE answers in pieces)
-                data = _read_on(fd, data, want)
+                data = read_up_to(fd, want, data)
             after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
         except OSError as exc:
             self._skip(op, f"unreadable: {os_error_reason(exc)}")
@@ -479,16 +480,6 @@ class Executor:
 
 def _concepts_json(labels: Labels) -> list[dict[str, Any]]:
     return [{"id": cid, "value": value} for cid, value in labels.concepts]
-
-
-def _read_on(fd: int, first: bytes, want: int) -> bytes:
-    """`first` and what follows it from `fd`, up to `want` bytes in all or the end."""
-    parts = [first]
-    size = len(first)
-    while size < want and (chunk := os.read(fd, want - size)):
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 def _intent(op: Operation, state: InputState) -> InputRecord:

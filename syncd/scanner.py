@@ -696,16 +696,22 @@ class _Scan:
         return os.path.join(self.root, rel) if rel else self.root
 
 
+def read_up_to(fd: int, want: int, first: bytes = b"") -> bytes:
+    """`first` (bytes already read from `fd`) and what follows, up to `want` bytes in all or
+    the end of the file: a short read need not be the end (FUSE answers in pieces)."""
+    parts = [first]
+    size = len(first)
+    while size < want and (chunk := os.read(fd, want - size)):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 def _read_small(path: str, limit: int) -> bytes:
     """At most `limit` bytes of the file at `path` (non-blocking open: never waits on a pipe)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        parts: list[bytes] = []
-        size = 0
-        while size < limit and (chunk := os.read(fd, limit - size)):
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
+        return read_up_to(fd, limit)
     finally:
         os.close(fd)
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.api import ClarifaiApi
-from syncd.executor import Executor, _read_on
+from syncd.executor import Executor
 from syncd.ledger import Ledger
 from syncd.model import (
     MARKER_KEY,
@@ -31,7 +31,7 @@ from syncd.model import (
     marker_only_metadata,
     marker_path,
 )
-from syncd.scanner import FileRecord
+from syncd.scanner import FileRecord, read_up_to
 
 # Path-ish text: quotes, backslashes, control characters, non-BMP characters and surrogate
 # escapes (how os.fsdecode keeps bytes that are not UTF-8).
@@ -270,7 +270,7 @@ def test_an_add_reads_on_after_a_short_read() -> None:
     thread.start()
     try:
         first = os.read(read_fd, 1000)
-        assert _read_on(read_fd, first, len(data) + 1) == data  # the end came first
+        assert read_up_to(read_fd, len(data) + 1, first) == data  # the end came first
     finally:
         thread.join()
         os.close(read_fd)
