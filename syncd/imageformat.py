@@ -105,7 +105,8 @@ class JpegScan:
 
     `feed` takes the file in consecutive pieces of any size. `ended`: the image's own end
     marker came. `followed`: the structure made sense all along; when it did not (bytes
-    where a marker must be), the caller falls back to looking for a marker near the end.
+    where a marker must be, a marker that cannot follow scan data, an impossible length), the
+    caller falls back to looking for a marker near the end.
     Entropy-coded data is searched by a regular expression, at about sha256's speed.
     """
 
