@@ -43,14 +43,19 @@ def _bmp_header_size(head: bytes) -> int:
 
 
 def image_problem_parts(
-    head: bytes, tail: bytes, size: int, jpeg: JpegScan | None = None
+    head: bytes,
+    tail: bytes,
+    size: int,
+    jpeg: JpegScan | None = None,
+    tiff: TiffScan | None = None,
 ) -> str | None:
     """Why a file with this start, end and size is not a whole supported image (None: it is).
 
     `head` is at least the first HEAD_BYTES bytes (or the whole file), `tail` the last
     TAIL_BYTES bytes (or the whole file). `jpeg`, a JpegScan fed the whole file, decides a
     JPEG's end when it could follow the file's structure; otherwise an end-of-image marker
-    must be among the last bytes.
+    must be among the last bytes. `tiff`, a TiffScan fed the whole file, finds a TIFF cut
+    before its directory or its image data ends (without it, a TIFF is not checked).
     """
     if size == 0:
         return "empty file (0 bytes)"
@@ -69,6 +74,8 @@ def image_problem_parts(
         return "truncated PNG (no IEND chunk)"
     if fmt == "GIF" and not trimmed.endswith(b";"):
         return "truncated GIF (no trailer)"
+    if fmt == "TIFF" and tiff is not None and tiff.truncated(size):
+        return f"truncated TIFF (its directory or image data ends past its {size} bytes)"
     if fmt == "BMP":
         (declared,) = struct.unpack_from("<I", head, 2)
         if declared > size:
@@ -82,11 +89,13 @@ def image_problem_parts(
 
 def image_problem(data: bytes) -> str | None:
     """Why these bytes are not a whole supported image, or None when they are."""
-    jpeg = None
-    if sniff_format(data[:HEAD_BYTES]) == "JPEG":
-        jpeg = JpegScan()
-        jpeg.feed(data)
-    return image_problem_parts(data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), jpeg)
+    fmt = sniff_format(data[:HEAD_BYTES])
+    jpeg = JpegScan() if fmt == "JPEG" else None
+    tiff = TiffScan() if fmt == "TIFF" else None
+    for scan in (jpeg, tiff):
+        if scan is not None:
+            scan.feed(data)
+    return image_problem_parts(data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), jpeg, tiff)
 
 
 #: In entropy-coded data, a 0xFF is followed by 0x00 (a stuffed byte), a restart marker
@@ -180,3 +189,166 @@ class JpegScan:
                 self._skip = end - n
                 return
             i = end
+
+
+#: TIFF field types -> bytes per value (SHORT, LONG; offsets and counts use no other).
+_TIFF_SIZES = {3: 2, 4: 4}
+#: StripOffsets, StripByteCounts, TileOffsets, TileByteCounts.
+_TIFF_OFFSETS = {273: 279, 324: 325}
+#: The longest offset array read (4 MB: a million strips); a longer one leaves no verdict
+#: rather than holding a damaged file's worth of bytes.
+_TIFF_MAX_ARRAY = 4 << 20
+#: How far back a TIFF scan keeps bytes: the offset arrays an IFD points to usually sit just
+#: before it (libtiff writes them before the directory at the end of the file).
+_TIFF_WINDOW = 1 << 16
+
+
+class TiffScan:
+    """Reads a TIFF's first directory as the file's bytes stream by, to tell whether its image
+    data (strips or tiles) ends within the file.
+
+    `feed` takes consecutive pieces; `truncated(size)` afterwards: True when the directory or
+    the image data lies beyond `size`, False when all of it lies within, None when the scan
+    could not tell (BigTIFF, offset arrays out of reach): the file is then not refused.
+    """
+
+    def __init__(self) -> None:
+        self._pos = 0  # bytes fed so far
+        self._head = b""  # the 8-byte header
+        self._order = ""  # "<" or ">"
+        self._ifd = -1  # offset of the first directory (-1: not known yet)
+        self._dir_len: int | None = None  # its length, once its entry count is known
+        self._wanted: dict[int, int] = {}  # start -> length of ranges not yet whole
+        self._kept: dict[int, bytes] = {}  # start -> bytes of wanted ranges, from the start
+        self._recent = b""  # the last _TIFF_WINDOW bytes before the piece in hand
+        self._piece = b""  # the piece in hand, and where it starts
+        self._piece_at = 0
+        self._unknown = False
+
+    def feed(self, piece: bytes) -> None:
+        if self._unknown or not piece:
+            return
+        self._piece, self._piece_at = piece, self._pos
+        self._pos += len(piece)
+        if len(self._head) < 8:
+            self._head += piece[: 8 - len(self._head)]
+            if len(self._head) == 8:
+                self._read_header()
+        for at in list(self._wanted):
+            self._collect(at)
+        if len(piece) >= _TIFF_WINDOW:
+            self._recent = piece[-_TIFF_WINDOW:]
+        else:
+            self._recent = (self._recent + piece)[-_TIFF_WINDOW:]
+        self._piece = b""
+
+    def truncated(self, size: int) -> bool | None:
+        if self._unknown:
+            return None
+        if self._ifd < 0 or self._ifd + 2 > size:
+            return True  # no whole header, or the directory starts past the end
+        if self._dir_len is None:
+            return None
+        if self._ifd + self._dir_len > size:
+            return True
+        if len(self._kept.get(self._ifd, b"")) < self._dir_len:
+            return None
+        if any(offset + length > size for offset, length in self._arrays()):
+            return True  # the offset or count array lies past the end
+        ends = self._data_ends()
+        return None if ends is None else max(ends, default=0) > size
+
+    # --- the header, the directory, the arrays it points to -----------------------------
+
+    def _read_header(self) -> None:
+        order = {b"II": "<", b"MM": ">"}.get(self._head[:2])
+        if order is None or struct.unpack(order + "H", self._head[2:4])[0] != 42:
+            self._unknown = True  # BigTIFF (43) or not a TIFF: no verdict
+            return
+        self._order = order
+        self._ifd = struct.unpack(order + "I", self._head[4:8])[0]
+        self._want(self._ifd, 2)
+
+    def _want(self, at: int, length: int) -> None:
+        """Keep bytes [at, at + length) (from the window, the piece in hand and later ones)."""
+        self._kept[at] = self._kept.get(at, b"")[:length]
+        self._wanted[at] = length
+        self._collect(at)
+
+    def _collect(self, at: int) -> None:
+        length = self._wanted[at]
+        got = self._kept[at]
+        need, end = at + len(got), at + length
+        window_at = self._piece_at - len(self._recent)
+        if need < window_at:
+            del self._wanted[at]  # passed before the window: out of reach, no verdict needs it
+            return
+        if need < self._piece_at:
+            got += self._recent[need - window_at : min(end, self._piece_at) - window_at]
+            need = at + len(got)
+        if self._piece_at <= need < self._pos:
+            got += self._piece[need - self._piece_at : min(end, self._pos) - self._piece_at]
+        self._kept[at] = got
+        if len(got) == length:
+            del self._wanted[at]
+            self._got(at)
+
+    def _got(self, at: int) -> None:
+        """A wanted range is whole: the entry count asks for the directory, the directory for
+        the offset and count arrays stored outside it."""
+        if at != self._ifd:
+            return
+        if self._dir_len is None:
+            (count,) = struct.unpack(self._order + "H", self._kept[at][:2])
+            self._dir_len = 2 + 12 * count + 4  # the entries, then the next directory's offset
+            self._want(at, self._dir_len)
+            return
+        for offset, length in self._arrays():
+            if offset not in self._kept and length <= _TIFF_MAX_ARRAY:
+                self._want(offset, length)
+
+    def _entries(self) -> dict[int, tuple[int, int, bytes]]:
+        """tag -> (type, count, the 4 value bytes) of the first directory."""
+        data = self._kept[self._ifd][:-4]  # (without the next directory's offset)
+        out = {}
+        for n in range(2, len(data) - 11, 12):
+            tag, kind, count = struct.unpack(self._order + "HHI", data[n : n + 8])
+            out[tag] = (kind, count, data[n + 8 : n + 12])
+        return out
+
+    def _arrays(self) -> list[tuple[int, int]]:
+        """(offset, length) of the offset and count arrays stored outside the directory."""
+        out = []
+        for tag, (kind, count, value) in self._entries().items():
+            if (tag in _TIFF_OFFSETS or tag in _TIFF_OFFSETS.values()) and kind in _TIFF_SIZES:
+                length = count * _TIFF_SIZES[kind]
+                if length > 4:
+                    out.append((struct.unpack(self._order + "I", value)[0], length))
+        return out
+
+    def _values(self, kind: int, count: int, value: bytes) -> list[int] | None:
+        length = count * _TIFF_SIZES[kind]
+        if length <= 4:
+            raw = value[:length]
+        else:
+            raw = self._kept.get(struct.unpack(self._order + "I", value)[0], b"")
+            if len(raw) < length:
+                return None
+        fmt = self._order + ("H" if kind == 3 else "I") * count
+        return list(struct.unpack(fmt, raw[:length]))
+
+    def _data_ends(self) -> list[int] | None:
+        """Where each strip or tile ends, or None when not known."""
+        entries = self._entries()
+        for offsets_tag, counts_tag in _TIFF_OFFSETS.items():
+            if offsets_tag not in entries or counts_tag not in entries:
+                continue
+            kinds = (entries[offsets_tag][0], entries[counts_tag][0])
+            if not all(k in _TIFF_SIZES for k in kinds):
+                return None
+            offsets = self._values(*entries[offsets_tag])
+            counts = self._values(*entries[counts_tag])
+            if offsets is None or counts is None or len(offsets) != len(counts):
+                return None
+            return [o + c for o, c in zip(offsets, counts, strict=True)]
+        return None

@@ -26,7 +26,14 @@ from typing import Any
 import structlog
 
 from syncd.errors import SidecarError, os_error_reason
-from syncd.imageformat import HEAD_BYTES, TAIL_BYTES, JpegScan, image_problem_parts
+from syncd.imageformat import (
+    HEAD_BYTES,
+    TAIL_BYTES,
+    JpegScan,
+    TiffScan,
+    image_problem_parts,
+    sniff_format,
+)
 from syncd.model import FileStat, Labels, LocalImage, LocalSnapshot, derive_input_id
 from syncd.sidecar import (
     SIDECAR_MAX_BYTES,
@@ -571,14 +578,14 @@ class _Scan:
                 # swapped for a FIFO since the stat fails instead of hanging the scan.
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
-                    sha256, head, tail, size, jpeg = _read(
+                    sha256, head, tail, size, jpeg, tiff = _read(
                         lambda n: os.read(fd, n), self.max_file_bytes, fstat.size
                     )
                 finally:
                     os.close(fd)
             else:
                 with self.open_file(path, "rb") as handle:
-                    sha256, head, tail, size, jpeg = _read(
+                    sha256, head, tail, size, jpeg, tiff = _read(
                         handle.read, self.max_file_bytes, fstat.size
                     )
         except FileNotFoundError:
@@ -594,7 +601,7 @@ class _Scan:
             same = None
         if same != fstat or size != fstat.size:
             return None, CHANGED, False, False
-        problem = image_problem_parts(head, tail, size, jpeg)
+        problem = image_problem_parts(head, tail, size, jpeg, tiff)
         racy = max(fstat.mtime_ns, fstat.ctime_ns) >= self.racy_from_ns
         return sha256, problem, problem is None and not racy, True
 
@@ -718,9 +725,10 @@ def _read_small(path: str, limit: int) -> bytes:
 
 def _read(
     read: Callable[[int], bytes], limit: int, expected: int
-) -> tuple[str, bytes, bytes, int, JpegScan]:
+) -> tuple[str, bytes, bytes, int, JpegScan, TiffScan | None]:
     """Stream a file once through `read`: sha256, its first HEAD_BYTES, its last TAIL_BYTES,
-    bytes read, and a JpegScan of them (it gives up at once on other formats).
+    bytes read, a JpegScan of them (it gives up at once on other formats) and, for a TIFF
+    (known from the first read), a TiffScan.
 
     Stops once more than `limit` bytes came (the file grew): the caller sees a size mismatch.
     The first read asks for one byte more than the `expected` size (capped at HASH_CHUNK), so
@@ -731,6 +739,7 @@ def _read(
     """
     digest = hashlib.sha256()
     jpeg = JpegScan()
+    tiff: TiffScan | None = None
     head = b""
     tail = b""
     size = 0
@@ -738,6 +747,10 @@ def _read(
     while chunk := read(ask):
         digest.update(chunk)
         jpeg.feed(chunk)
+        if not size and sniff_format(chunk[:HEAD_BYTES]) == "TIFF":
+            tiff = TiffScan()
+        if tiff is not None:
+            tiff.feed(chunk)
         size += len(chunk)
         if len(head) < HEAD_BYTES:
             head = (head + chunk[:HEAD_BYTES])[:HEAD_BYTES]
@@ -745,7 +758,7 @@ def _read(
         if size > limit:
             break
         ask = 1 if size == expected else HASH_CHUNK
-    return digest.hexdigest(), head, tail, size, jpeg
+    return digest.hexdigest(), head, tail, size, jpeg, tiff
 
 
 def _normalize_scope(path: str) -> str:

@@ -114,6 +114,51 @@ def tiff_bytes() -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x80"
 
 
+def make_tiff(order: str, strips: int, *, ifd_last: bool, gap: int = 0) -> bytes:
+    """A greyscale TIFF of `strips` strips of 100 bytes. ifd_last: libtiff's layout (pixel
+    data, then the offset arrays, then the directory, at the end); else the directory first.
+    `gap` bytes of padding go between the arrays and the directory."""
+    fmt = "<" if order == "II" else ">"
+    counts = [100] * strips
+
+    def directory(at: int, strip_offsets: list[int], arrays_at: int) -> bytes:
+        entries = [(256, 3, 1, 10), (257, 3, 1, 10 * strips), (258, 3, 1, 8), (259, 3, 1, 1)]
+        if strips == 1:
+            entries += [(273, 4, 1, strip_offsets[0]), (279, 4, 1, counts[0])]
+        else:
+            entries += [(273, 4, strips, arrays_at), (279, 4, strips, arrays_at + 4 * strips)]
+        body = struct.pack(fmt + "H", len(entries))
+        for tag, kind, count, value in sorted(entries):
+            packed = struct.pack(fmt + "I", value)
+            if kind == 3 and count == 1:
+                packed = struct.pack(fmt + "HH", value, 0)
+            body += struct.pack(fmt + "HHI", tag, kind, count) + packed
+        return body + struct.pack(fmt + "I", 0)
+
+    n_entries = 6
+    dir_len = 2 + 12 * n_entries + 4
+    arrays_len = 8 * strips if strips > 1 else 0
+    if ifd_last:
+        pixels_at = 8
+        offsets = [pixels_at + 100 * i for i in range(strips)]
+        arrays_at = pixels_at + 100 * strips
+        ifd_at = arrays_at + arrays_len + gap
+        pixels = bytes(100 * strips)
+    else:
+        ifd_at = 8
+        arrays_at = ifd_at + dir_len
+        pixels_at = arrays_at + arrays_len + gap
+        offsets = [pixels_at + 100 * i for i in range(strips)]
+        pixels = bytes(100 * strips)
+    arrays = struct.pack(fmt + "I" * strips, *offsets) + struct.pack(fmt + "I" * strips, *counts)
+    arrays = arrays if strips > 1 else b""
+    header = order.encode() + struct.pack(fmt + "HI", 42, ifd_at)
+    ifd = directory(ifd_at, offsets, arrays_at)
+    if ifd_last:
+        return header + pixels + arrays + bytes(gap) + ifd
+    return header + ifd + arrays + bytes(gap) + pixels
+
+
 def webp_bytes() -> bytes:
     """A 1x1 lossless (VP8L) WebP: five one-symbol prefix codes, so the pixel takes no bits."""
     bits = [0] * 14 + [0] * 14 + [0] + [0, 0, 0]  # width-1, height-1, alpha hint, version

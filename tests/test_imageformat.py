@@ -9,13 +9,22 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from images import bmp_bytes, gif_bytes, jpeg_bytes, png_bytes, tiff_bytes, webp_bytes
+from images import (
+    bmp_bytes,
+    gif_bytes,
+    jpeg_bytes,
+    make_tiff,
+    png_bytes,
+    tiff_bytes,
+    webp_bytes,
+)
 
 from syncd.imageformat import (
     FORMATS,
     HEAD_BYTES,
     TAIL_BYTES,
     JpegScan,
+    TiffScan,
     image_problem,
     image_problem_parts,
     sniff_format,
@@ -127,11 +136,6 @@ def test_text_starting_with_bm_is_not_an_image() -> None:
     assert problem is not None and problem.startswith("not an image")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limitation: TIFF completeness is not checked (the strip "
-    "offsets would have to be read from the IFD)",
-)
 def test_truncated_tiff_is_refused() -> None:
     """A TIFF cut before its pixel data is reported as truncated."""
     assert image_problem(tiff_bytes()[:-1]) is not None
@@ -237,3 +241,52 @@ def test_jpeg_scan_gives_one_verdict_however_the_bytes_are_cut(
         if start >= len(data):
             break
     assert (split.ended, split.followed) == (whole.ended, whole.followed)
+
+
+@pytest.mark.parametrize("order", ["II", "MM"])
+@pytest.mark.parametrize("strips", [1, 7])
+@pytest.mark.parametrize("ifd_last", [False, True], ids=["directory-first", "directory-last"])
+def test_tiff_cut_anywhere_is_truncated(order: str, strips: int, ifd_last: bool) -> None:
+    """Both byte orders, one strip or several (offsets in arrays outside the directory), the
+    directory first or last: the whole file passes, every cut of it is refused."""
+    data = make_tiff(order, strips, ifd_last=ifd_last)
+    assert image_problem(data) is None
+    for cut in range(4, len(data)):  # (shorter than its magic number, it is no TIFF at all)
+        problem = image_problem(data[:cut])
+        assert problem is not None and problem.startswith("truncated TIFF"), cut
+
+
+def test_a_tiff_check_that_cannot_be_made_refuses_nothing() -> None:
+    """A TIFF read in pieces whose offset arrays lie more than the kept window before its
+    directory is not judged: not refused."""
+    far = make_tiff("II", 7, ifd_last=True, gap=70_000)
+    scan = TiffScan()
+    for start in range(0, len(far), 4096):  # read as a file is: the arrays pass long before
+        scan.feed(far[start : start + 4096])
+    assert scan.truncated(len(far)) is None
+    assert image_problem(far) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["II", "MM"]),
+    st.sampled_from([1, 3, 40]),
+    st.booleans(),
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 500), min_size=1, max_size=30),
+)
+def test_tiff_scan_gives_one_verdict_however_the_bytes_are_cut(
+    order: str, strips: int, ifd_last: bool, at: int, pieces: list[int]
+) -> None:
+    """Fed in pieces of any sizes, the TIFF scan says what it says of the bytes at once."""
+    whole_file = make_tiff(order, strips, ifd_last=ifd_last)
+    data = whole_file[: at % (len(whole_file) + 1)]
+    once = TiffScan()
+    once.feed(data)
+    split = TiffScan()
+    start = 0
+    while start < len(data):
+        for size in pieces:
+            split.feed(data[start : start + size])
+            start += size
+    assert split.truncated(len(data)) == once.truncated(len(data))

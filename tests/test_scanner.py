@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from images import jpeg_bytes, png_bytes, write_image
+from images import jpeg_bytes, make_tiff, png_bytes, write_image
 from structlog.testing import capture_logs
 
 from syncd.model import FileStat, Labels, derive_input_id
@@ -608,6 +608,19 @@ def test_a_motion_photo_is_whole_and_a_thumbnail_does_not_hide_truncation(
         "cut.jpg": "truncated JPEG (no end-of-image marker)",
         "motion.jpg": None,
     }
+
+
+def test_a_cut_tiff_is_held_and_a_whole_one_is_not(tmp_path: Path) -> None:
+    """The scan reads a TIFF's first directory as it hashes the file: image data ending past
+    the file is held as truncated; a whole TIFF with several strips passes."""
+    whole = make_tiff("MM", 7, ifd_last=False)
+    write_image(tmp_path / "whole.tif", whole)
+    write_image(tmp_path / "cut.tif", whole[:-50])
+
+    result = run(tmp_path)
+
+    assert problems(result)["whole.tif"] is None
+    assert (problems(result)["cut.tif"] or "").startswith("truncated TIFF")
 
 
 def test_a_file_under_another_programs_lease_is_held_as_busy(tmp_path: Path) -> None:
