@@ -25,7 +25,7 @@ def sniff_format(head: bytes) -> str | None:
         return "PNG"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # (+: BigTIFF)
         return "TIFF"
     if head.startswith(b"BM") and len(head) >= 18 and _bmp_header_size(head) in _BMP_HEADERS:
         return "BMP"
@@ -193,6 +193,12 @@ class JpegScan:
 
 #: TIFF field types -> bytes per value (SHORT, LONG; offsets and counts use no other).
 _TIFF_SIZES = {3: 2, 4: 4}
+#: Bytes per value of every TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE,
+#: UNDEFINED, SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+#: Values a decoder needs besides the strips, which libtiff writes after them, at the end:
+#: BitsPerSample, ColorMap, ExtraSamples, SampleFormat, JPEGTables, ReferenceBlackWhite.
+_TIFF_DECODING = frozenset({258, 320, 338, 339, 347, 532})
 #: StripOffsets, StripByteCounts, TileOffsets, TileByteCounts.
 _TIFF_OFFSETS = {273: 279, 324: 325}
 #: The longest offset array read (4 MB: a million strips); a longer one leaves no verdict
@@ -236,11 +242,18 @@ class TiffScan:
                 self._read_header()
         for at in list(self._wanted):
             self._collect(at)
-        if len(piece) >= _TIFF_WINDOW:
+        if self._directory_read():
+            # only ranges ahead are wanted now: no look-back window to keep (with small
+            # pieces, rebuilding it cost as much as hashing)
+            self._recent = b""
+        elif len(piece) >= _TIFF_WINDOW:
             self._recent = piece[-_TIFF_WINDOW:]
         else:
             self._recent = (self._recent + piece)[-_TIFF_WINDOW:]
         self._piece = b""
+
+    def _directory_read(self) -> bool:
+        return self._dir_len is not None and len(self._kept.get(self._ifd, b"")) >= self._dir_len
 
     def truncated(self, size: int) -> bool | None:
         if self._unknown:
@@ -255,6 +268,11 @@ class TiffScan:
             return None
         if any(offset + length > size for offset, length in self._arrays()):
             return True  # the offset or count array lies past the end
+        if any(offset + length > size for offset, length in self._decoding_values()):
+            return True  # e.g. BitsPerSample of an RGB image, JPEGTables: written last
+        # (libtiff would read what there is of a single raw strip whose length runs past the
+        # end; such a file is far likelier a cut download than a complete image with a bogus
+        # length, so it is refused like any other)
         ends = self._data_ends()
         return None if ends is None else max(ends, default=0) > size
 
@@ -324,6 +342,15 @@ class TiffScan:
                 length = count * _TIFF_SIZES[kind]
                 if length > 4:
                     out.append((struct.unpack(self._order + "I", value)[0], length))
+        return out
+
+    def _decoding_values(self) -> list[tuple[int, int]]:
+        """(offset, length) of the values stored outside the directory that decoders need."""
+        out = []
+        for tag, (kind, count, value) in self._entries().items():
+            length = count * _TIFF_TYPE_SIZES.get(kind, 1)
+            if tag in _TIFF_DECODING and length > 4:
+                out.append((struct.unpack(self._order + "I", value)[0], length))
         return out
 
     def _values(self, kind: int, count: int, value: bytes) -> list[int] | None:

@@ -114,15 +114,17 @@ def tiff_bytes() -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x80"
 
 
-def make_tiff(order: str, strips: int, *, ifd_last: bool, gap: int = 0) -> bytes:
-    """A greyscale TIFF of `strips` strips of 100 bytes. ifd_last: libtiff's layout (pixel
-    data, then the offset arrays, then the directory, at the end); else the directory first.
-    `gap` bytes of padding go between the arrays and the directory."""
+def make_tiff(order: str, strips: int, *, ifd_last: bool, gap: int = 0, rgb: bool = False) -> bytes:
+    """A TIFF of `strips` strips of 100 bytes. ifd_last: libtiff's layout (pixel data, then
+    the offset arrays, then the directory, at the end); else the directory first. `gap` bytes
+    of padding go between the arrays and the directory. rgb (with ifd_last): BitsPerSample is
+    three values, stored after the directory, as libtiff writes them."""
     fmt = "<" if order == "II" else ">"
     counts = [100] * strips
 
     def directory(at: int, strip_offsets: list[int], arrays_at: int) -> bytes:
-        entries = [(256, 3, 1, 10), (257, 3, 1, 10 * strips), (258, 3, 1, 8), (259, 3, 1, 1)]
+        bits = (258, 3, 3, at + dir_len) if rgb else (258, 3, 1, 8)
+        entries = [(256, 3, 1, 10), (257, 3, 1, 10 * strips), bits, (259, 3, 1, 1)]
         if strips == 1:
             entries += [(273, 4, 1, strip_offsets[0]), (279, 4, 1, counts[0])]
         else:
@@ -155,7 +157,8 @@ def make_tiff(order: str, strips: int, *, ifd_last: bool, gap: int = 0) -> bytes
     header = order.encode() + struct.pack(fmt + "HI", 42, ifd_at)
     ifd = directory(ifd_at, offsets, arrays_at)
     if ifd_last:
-        return header + pixels + arrays + bytes(gap) + ifd
+        trailer = struct.pack(fmt + "HHH", 8, 8, 8) if rgb else b""
+        return header + pixels + arrays + bytes(gap) + ifd + trailer
     return header + ifd + arrays + bytes(gap) + pixels
 
 

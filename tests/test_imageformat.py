@@ -248,12 +248,28 @@ def test_jpeg_scan_gives_one_verdict_however_the_bytes_are_cut(
 @pytest.mark.parametrize("ifd_last", [False, True], ids=["directory-first", "directory-last"])
 def test_tiff_cut_anywhere_is_truncated(order: str, strips: int, ifd_last: bool) -> None:
     """Both byte orders, one strip or several (offsets in arrays outside the directory), the
-    directory first or last: the whole file passes, every cut of it is refused."""
+    directory first or last: the whole file passes, and every cut of it is refused (also a
+    single raw strip cut short, which libtiff would read what there is of: far likelier a
+    cut download than a whole image with a wrong length)."""
     data = make_tiff(order, strips, ifd_last=ifd_last)
     assert image_problem(data) is None
     for cut in range(4, len(data)):  # (shorter than its magic number, it is no TIFF at all)
         problem = image_problem(data[:cut])
         assert problem is not None and problem.startswith("truncated TIFF"), cut
+
+
+def test_tiff_values_a_decoder_needs_must_be_in_the_file() -> None:
+    """libtiff writes some values after the strips, at the very end (BitsPerSample of an RGB
+    image, JPEGTables): a file cut there is refused, as decoders cannot open it."""
+    rgb = make_tiff("II", 7, ifd_last=True, rgb=True)
+    assert image_problem(rgb) is None
+    assert (image_problem(rgb[:-2]) or "").startswith("truncated TIFF")
+
+
+def test_bigtiff_is_an_image_the_check_does_not_judge() -> None:
+    """A BigTIFF (magic 43) is a TIFF: not refused as 'not an image', and not judged."""
+    assert sniff_format(b"II+\x00\x08\x00\x00\x00") == "TIFF"
+    assert image_problem(b"II+\x00\x08\x00\x00\x00" + bytes(200)) is None
 
 
 def test_a_tiff_check_that_cannot_be_made_refuses_nothing() -> None:
