@@ -642,6 +642,16 @@ def test_a_file_under_another_programs_lease_is_held_as_busy(tmp_path: Path) -> 
     assert held["a.jpg"] is not None and held["a.jpg"].startswith("unreadable: busy")
 
 
+def _scan_that_must_not_hang(root: Path, stat: Callable[[str], os.stat_result]) -> ScanResult:
+    """`run(root, stat=stat)` on a thread, failing the test if it has not ended in 30 s."""
+    results: list[ScanResult] = []
+    worker = threading.Thread(target=lambda: results.append(run(root, stat=stat)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the scan hung on the pipe"
+    return results[0]
+
+
 def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
     """A file replaced by a named pipe between its stat and its read is held; the scan goes
     on (opening a pipe for reading would otherwise wait for a writer for ever)."""
@@ -652,16 +662,9 @@ def test_a_file_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> Non
         path.unlink()
         os.mkfifo(path)
 
-    results: list[ScanResult] = []
-    worker = threading.Thread(
-        target=lambda: results.append(run(tmp_path, stat=_after_first_stat("a.jpg", swap))),
-        daemon=True,
-    )
-    worker.start()
-    worker.join(timeout=30)
+    result = _scan_that_must_not_hang(tmp_path, _after_first_stat("a.jpg", swap))
 
-    assert not worker.is_alive(), "the scan hung on the pipe"
-    assert problems(results[0]) == {"a.jpg": CHANGED, "b.jpg": None}
+    assert problems(result) == {"a.jpg": CHANGED, "b.jpg": None}
 
 
 def test_a_sidecar_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> None:
@@ -675,16 +678,9 @@ def test_a_sidecar_swapped_for_a_fifo_does_not_hang_the_scan(tmp_path: Path) -> 
         sidecar.unlink()
         os.mkfifo(sidecar)
 
-    results: list[ScanResult] = []
-    worker = threading.Thread(
-        target=lambda: results.append(run(tmp_path, stat=_after_first_stat("a.jpg", swap))),
-        daemon=True,
-    )
-    worker.start()
-    worker.join(timeout=30)
+    result = _scan_that_must_not_hang(tmp_path, _after_first_stat("a.jpg", swap))
 
-    assert not worker.is_alive(), "the scan hung on the pipe"
-    held = problems(results[0])
+    held = problems(result)
     assert held["b.jpg"] is None
     assert held["a.jpg"] is not None and "a.json" in held["a.jpg"]
 
