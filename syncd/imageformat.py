@@ -1,8 +1,9 @@
 """Recognise the image formats the API accepts from their bytes, cheaply.
 
-Checks magic numbers and that the file is whole (its end marker is present), never decodes
-pixels: the client refuses obviously broken files before sending them, and the emulator uses
-the same rules to fail processing the way the real service does.
+Checks magic numbers and that the file is whole (its end marker is present, its declared size
+fits; a JPEG's segments and a TIFF's first directory are followed as the file streams by while
+it is hashed), never decodes pixels: the client refuses obviously broken files before sending
+them, and the emulator uses the same rules to fail processing the way the real service does.
 """
 
 from __future__ import annotations
