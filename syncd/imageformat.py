@@ -192,16 +192,19 @@ class JpegScan:
             i = end
 
 
-#: TIFF field types -> bytes per value (SHORT, LONG; offsets and counts use no other).
-_TIFF_SIZES = {3: 2, 4: 4}
 #: Bytes per value of every TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE,
 #: UNDEFINED, SSHORT, SLONG, SRATIONAL, FLOAT, DOUBLE).
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
 #: Values a decoder needs besides the strips, which libtiff writes after them, at the end:
 #: BitsPerSample, ColorMap, ExtraSamples, SampleFormat, JPEGTables, ReferenceBlackWhite.
 _TIFF_DECODING = frozenset({258, 320, 338, 339, 347, 532})
+#: The types offsets and counts come in: SHORT, LONG.
+_TIFF_OFFSET_KINDS = frozenset({3, 4})
 #: StripOffsets, StripByteCounts, TileOffsets, TileByteCounts.
 _TIFF_OFFSETS = {273: 279, 324: 325}
+#: The offset and count arrays, and those plus the values a decoder needs.
+_TIFF_ARRAYS = frozenset({*_TIFF_OFFSETS, *_TIFF_OFFSETS.values()})
+_TIFF_CHECKED = _TIFF_ARRAYS | _TIFF_DECODING
 #: The longest offset array read (4 MB: a million strips); a longer one leaves no verdict
 #: rather than holding a damaged file's worth of bytes.
 _TIFF_MAX_ARRAY = 4 << 20
@@ -265,12 +268,12 @@ class TiffScan:
             return None
         if self._ifd + self._dir_len > size:
             return True
-        if len(self._kept.get(self._ifd, b"")) < self._dir_len:
+        if not self._directory_read():
             return None
-        if any(offset + length > size for offset, length in self._arrays()):
-            return True  # the offset or count array lies past the end
-        if any(offset + length > size for offset, length in self._decoding_values()):
-            return True  # e.g. BitsPerSample of an RGB image, JPEGTables: written last
+        # the offset and count arrays, and the values decoders need (BitsPerSample of an RGB
+        # image, JPEGTables: libtiff writes them last)
+        if any(offset + length > size for offset, length in self._outside(_TIFF_CHECKED)):
+            return True
         # (libtiff would read what there is of a single raw strip whose length runs past the
         # end; such a file is far likelier a cut download than a complete image with a bogus
         # length, so it is refused like any other)
@@ -322,7 +325,7 @@ class TiffScan:
             self._dir_len = 2 + 12 * count + 4  # the entries, then the next directory's offset
             self._want(at, self._dir_len)
             return
-        for offset, length in self._arrays():
+        for offset, length in self._outside(_TIFF_ARRAYS):
             if offset not in self._kept and length <= _TIFF_MAX_ARRAY:
                 self._want(offset, length)
 
@@ -335,27 +338,20 @@ class TiffScan:
             out[tag] = (kind, count, data[n + 8 : n + 12])
         return out
 
-    def _arrays(self) -> list[tuple[int, int]]:
-        """(offset, length) of the offset and count arrays stored outside the directory."""
+    def _outside(self, tags: frozenset[int]) -> list[tuple[int, int]]:
+        """(offset, length) of the values of `tags` stored outside the directory (offset and
+        count arrays only in the types they may have)."""
         out = []
         for tag, (kind, count, value) in self._entries().items():
-            if (tag in _TIFF_OFFSETS or tag in _TIFF_OFFSETS.values()) and kind in _TIFF_SIZES:
-                length = count * _TIFF_SIZES[kind]
-                if length > 4:
-                    out.append((struct.unpack(self._order + "I", value)[0], length))
-        return out
-
-    def _decoding_values(self) -> list[tuple[int, int]]:
-        """(offset, length) of the values stored outside the directory that decoders need."""
-        out = []
-        for tag, (kind, count, value) in self._entries().items():
+            if tag not in tags or (tag in _TIFF_ARRAYS and kind not in _TIFF_OFFSET_KINDS):
+                continue
             length = count * _TIFF_TYPE_SIZES.get(kind, 1)
-            if tag in _TIFF_DECODING and length > 4:
+            if length > 4:
                 out.append((struct.unpack(self._order + "I", value)[0], length))
         return out
 
     def _values(self, kind: int, count: int, value: bytes) -> list[int] | None:
-        length = count * _TIFF_SIZES[kind]
+        length = count * _TIFF_TYPE_SIZES[kind]
         if length <= 4:
             raw = value[:length]
         else:
@@ -372,7 +368,7 @@ class TiffScan:
             if offsets_tag not in entries or counts_tag not in entries:
                 continue
             kinds = (entries[offsets_tag][0], entries[counts_tag][0])
-            if not all(k in _TIFF_SIZES for k in kinds):
+            if not all(k in _TIFF_OFFSET_KINDS for k in kinds):
                 return None
             offsets = self._values(*entries[offsets_tag])
             counts = self._values(*entries[counts_tag])
