@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import pickle
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -254,25 +252,18 @@ def test_add_outcome_updates_the_intent_row_in_place(
     assert row.description
 
 
-def test_an_add_reads_on_after_a_short_read() -> None:
-    """The add's read goes on after an answer shorter than the file (a pipe answers in pieces
-    as some FUSE file systems do), up to the size asked for or the end."""
+def test_read_up_to_goes_on_after_a_short_read() -> None:
+    """After a first answer shorter than asked for, reading goes on to the size asked for or
+    the end of the file, whichever comes first."""
     read_fd, write_fd = os.pipe()
-    data = bytes(range(256)) * 40
-
-    def writer() -> None:
-        for start in range(0, len(data), 1000):
-            os.write(write_fd, data[start : start + 1000])
-            time.sleep(0.001)
-        os.close(write_fd)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    data = bytes(range(256)) * 40  # fits the pipe's buffer: written at once, then closed
+    os.write(write_fd, data)
+    os.close(write_fd)
     try:
         first = os.read(read_fd, 1000)
-        assert read_up_to(read_fd, len(data) + 1, first) == data  # the end came first
+        assert read_up_to(read_fd, 5000, first) == data[:5000]  # the size asked for came first
+        assert read_up_to(read_fd, len(data), data[:5000]) == data  # then the end
     finally:
-        thread.join()
         os.close(read_fd)
 
 
