@@ -8,11 +8,15 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncd.emulator import Emulator
+from syncd.emulator.server import parse_query
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 DUPLICATE = "Input has a duplicate ID."
@@ -584,3 +588,20 @@ def test_post_with_base64_round_trips_exact_bytes(client, make_input):
     client.post_inputs(make_input("j", data))
     assert client.emu.image_bytes("j") == data
     assert base64.b64encode(client.emu.image_bytes("j") or b"") == base64.b64encode(data)
+
+
+class TestQueryParsing:
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(alphabet="ab=&%+;2F0 é", max_size=40))
+    def test_the_fast_split_agrees_with_parse_qs(self, query: str) -> None:
+        """A query with nothing escaped is split by hand; any query parses as parse_qs would."""
+        assert parse_query(query) == parse_qs(query, keep_blank_values=True)
+
+    def test_a_poll_of_ids_is_read_in_order_with_blank_values_kept(self) -> None:
+        query = "ids=a&ids=b.c&ids=&page=1&per_page=3&flag"
+        assert parse_query(query) == {
+            "ids": ["a", "b.c", ""],
+            "page": ["1"],
+            "per_page": ["3"],
+            "flag": [""],
+        }

@@ -211,7 +211,8 @@ class V2Api:
         self._hook(kind, "response", body)
         status = codes.http_status(code) if http is None else http
         self.stats.response(status)
-        data = json.dumps(body, separators=(",", ":")).encode()
+        # (a reply is a fresh tree of dicts: no cycle to look for)
+        data = json.dumps(body, separators=(",", ":"), check_circular=False).encode()
         return HttpReply(status, data, headers=headers or {})
 
     def _error(self, kind: str, refusal: Refusal) -> HttpReply:

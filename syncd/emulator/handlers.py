@@ -6,6 +6,7 @@ whole request by raising `Refusal`, and reports per-input failures inside its bo
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -316,5 +317,6 @@ def _item_status(code: int, details: str) -> dict[str, Any]:
     return codes.status(code, details, req_id=False)
 
 
+@functools.cache
 def _snake(kind: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", kind).lower()

@@ -309,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             request = HttpRequest(
                 method=self.command,
                 path=split.path,
-                query=parse_qs(split.query, keep_blank_values=True),
+                query=parse_query(split.query),
                 headers=self.headers,
                 body=body,
             )
@@ -373,6 +373,19 @@ def _too_large(size: int, limit: int) -> codes.Refusal:
         codes.RPC_MAX_MESSAGE_SIZE_EXCEEDED,
         f"request body of {size} bytes exceeds the limit of {limit} bytes",
     )
+
+
+def parse_query(query: str) -> dict[str, list[str]]:
+    """`parse_qs(query, keep_blank_values=True)`, split by hand when nothing in it is escaped
+    (a poll's 128 plain ids: parse_qs unquoting each was a fifth of the emulator's time)."""
+    if "%" in query or "+" in query:
+        return parse_qs(query, keep_blank_values=True)
+    parsed: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            parsed.setdefault(name, []).append(value)
+    return parsed
 
 
 def serve_forever(
