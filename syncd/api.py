@@ -269,17 +269,44 @@ class ClarifaiApi:
             raise ValueError(f"per_page must be within 1..{MAX_PER_PAGE}, got {per_page}")
         if ids is not None:
             for chunk in chunk_ids(ids, min(per_page, MAX_IDS_PER_LIST)):
-                query = "&".join(["ids=" + quote_id(i) for i in chunk])
-                query += f"&page=1&per_page={len(chunk)}"
-                env = self._call("list", "GET", "/inputs", params=query, accept={Verdict.ITEMS})
                 wanted = set(chunk)
-                for raw in env.items:
+                for raw in self._list_ids(chunk):
                     if str(raw.get("id")) in wanted:
                         yield RemoteRecord.from_json(raw)
             return
         for items in self.list_pages(per_page=per_page):
             for raw in items:
                 yield RemoteRecord.from_json(raw)
+
+    def input_statuses(self, chunk: Sequence[str]) -> dict[str, tuple[int | None, str]]:
+        """(status code, description) of each of `chunk` the remote lists, in one request.
+
+        `chunk` is one of `chunk_ids(ids, MAX_IDS_PER_LIST)`: a status poll asks for every
+        pending input, and chunking again here, or a whole record per input, cost more than
+        the request. Ids the remote does not know are absent.
+        """
+        wanted = set(chunk)
+        # one tuple per distinct status, shared: a page is mostly the same (code, description)
+        shared: dict[tuple[int | None, str], tuple[int | None, str]] = {}
+        statuses: dict[str, tuple[int | None, str]] = {}
+        for raw in self._list_ids(chunk):
+            input_id = str(raw.get("id") or "")
+            if input_id in wanted:
+                status = raw.get("status")
+                if isinstance(status, dict):
+                    key = (parse_code(status.get("code")), str(status.get("description") or ""))
+                else:
+                    key = (None, "")
+                statuses[input_id] = shared.setdefault(key, key)
+        return statuses
+
+    def _list_ids(self, chunk: Sequence[str]) -> list[dict[str, Any]]:
+        """The listed inputs of one GET by ids (at most MAX_IDS_PER_LIST, query short)."""
+        if len(chunk) > MAX_IDS_PER_LIST:
+            raise ValueError(f"at most {MAX_IDS_PER_LIST} ids a request, got {len(chunk)}")
+        query = "&".join(["ids=" + quote_id(i) for i in chunk])
+        query += f"&page=1&per_page={len(chunk)}"
+        return self._call("list", "GET", "/inputs", params=query, accept={Verdict.ITEMS}).items
 
     def list_pages(self, *, per_page: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Every input as the remote lists it (raw JSON objects), one list per page."""

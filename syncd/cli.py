@@ -7,7 +7,10 @@ config error, 3 remote unreachable or auth refused, 4 stopped by a delete guard.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +87,43 @@ def _errors_to_exit() -> Iterator[None]:
 @click.version_option(package_name="syncd")
 def main() -> None:
     """Keep a Clarifai application's inputs in step with an image-dataset folder."""
+
+
+def program() -> None:
+    """The `syncd` program (console script and `python -m syncd`): `main`, then a quick exit.
+
+    Once the command has returned and the only thread left is this one, the process ends
+    without the interpreter's teardown: freeing a pass's objects one by one took ~65 ms of
+    an initial sync of 10,000 images, after the work was done. Output is flushed first;
+    with another thread still alive (nothing of syncd's should be), it exits normally.
+    """
+    try:
+        main()  # click's standalone mode: always ends in SystemExit
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    else:  # pragma: no cover - standalone click never returns
+        status = 0
+    if threading.active_count() > 1:
+        sys.exit(status)
+    logging.shutdown()  # flush and close log handlers, as the normal exit would
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            # a closed pipe (`syncd reconcile --json | head`): the normal exit reports it
+            # too, then fails with 120
+            status = status or 120
+    os._exit(status)
+
+
+def _exit_status(code: object) -> int:
+    """The exit status `sys.exit(code)` gives: None -> 0, an int as is, else printed -> 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 @main.command()

@@ -528,14 +528,8 @@ class Engine:
         return None if record is None else record.path
 
     def _statuses(self, ids: list[str]) -> dict[str, tuple[int | None, str]]:
-        """(status code, description) of those of `ids` the remote lists."""
-        # one tuple per distinct status, shared: a page is mostly the same (code, description)
-        shared: dict[tuple[int | None, str], tuple[int | None, str]] = {}
-        return {
-            r.input_id: shared.setdefault(key, key)
-            for r in self.api.list_inputs(ids=ids)
-            for key in ((r.status_code, r.status_description),)
-        }
+        """(status code, description) of those of `ids` (one chunk) the remote lists."""
+        return self.api.input_statuses(ids)
 
     # --- helpers -------------------------------------------------------------------------
 
