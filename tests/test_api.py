@@ -942,6 +942,45 @@ def test_listing_by_ids_is_one_request_per_chunk(emulator: Any) -> None:
     api.close()
 
 
+def test_input_statuses_are_one_request_for_one_chunk(emulator: Any) -> None:
+    """A poll's question: (code, description) of the listed ids of one chunk, unknown ids
+    absent, in one request; a chunk over the limit is refused before anything is sent."""
+    api = api_for(emulator)
+    api.add_inputs([image_item(f"st-{n:03d}") for n in range(3)])
+    before = route_count(emulator, "GET", "/inputs")
+    statuses = api.input_statuses(["st-000", "st-001", "st-002", "st-404"])
+    assert route_count(emulator, "GET", "/inputs") - before == 1
+    assert set(statuses) == {"st-000", "st-001", "st-002"}
+    assert all(isinstance(code, int) for code, _ in statuses.values())
+    with pytest.raises(ValueError, match="at most 128 ids"):
+        api.input_statuses([f"x-{n}" for n in range(129)])
+    assert route_count(emulator, "GET", "/inputs") - before == 1
+    api.close()
+
+
+def test_input_statuses_read_codes_as_listed(scripted: Scripted) -> None:
+    """Codes as numbers or names, a missing status, and ids not asked for (ignored)."""
+    scripted.reply(
+        200,
+        {
+            **OK,
+            "inputs": [
+                {"id": "a", "status": {"code": 30000, "description": "Download complete"}},
+                {"id": "b", "status": {"code": "INPUT_DOWNLOAD_FAILED", "description": "bad"}},
+                {"id": "c"},
+                {"id": "not-asked", "status": {"code": 30000}},
+            ],
+        },
+    )
+    api = ClarifaiApi(scripted.url, SECRET, max_requests_per_second=None)
+    assert api.input_statuses(["a", "b", "c"]) == {
+        "a": (30000, "Download complete"),
+        "b": (30002, "bad"),
+        "c": (None, ""),
+    }
+    api.close()
+
+
 def test_the_key_never_reaches_logs_or_errors(
     emulator: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
