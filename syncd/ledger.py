@@ -232,10 +232,12 @@ ON CONFLICT(input_id) DO UPDATE SET
   END,
   updated_at = excluded.updated_at
 """
+# plain `?` placeholders, the state given twice: numbered ones (`?` and a digit) bound to a
+# sequence are deprecated since Python 3.12 and an error from 3.14
 _SET_INPUT_STATE = """
-UPDATE inputs SET state = ?1, code = ?2, description = ?3, error = ?4,
-  attempts = CASE WHEN ?1 = 'processed' THEN 0 ELSE attempts END, updated_at = ?5
-WHERE input_id = ?6
+UPDATE inputs SET state = ?, code = ?, description = ?, error = ?,
+  attempts = CASE WHEN ? = 'processed' THEN 0 ELSE attempts END, updated_at = ?
+WHERE input_id = ?
 """
 _INPUT_COLUMNS = "input_id, path, state, sha256, concepts, metadata, code, description, error"
 
@@ -595,8 +597,9 @@ class Ledger:
         left as it is; attempts start over when an input is processed, as in `put_inputs`."""
         now = self._clock()
         rows = [
-            (InputState(state).value, code, _text_in(description), _text_in(error), now, input_id)
+            (value, code, _text_in(description), _text_in(error), value, now, input_id)
             for input_id, state, code, description, error in updates
+            for value in (InputState(state).value,)
         ]
         with self.transaction():
             conn = self._live()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import syncd
 import syncd.ledger
 from syncd.errors import LedgerError, LedgerLocked
 from syncd.ledger import RECOVERY, SCHEMA_VERSION, Ledger
@@ -825,3 +827,16 @@ def test_known_files_read_folder_by_folder_answer_like_the_whole_table(ledger: L
     assert dict(cache.items()) == whole and len(cache) == len(whole) == len(paths) - 1
     assert ledger.known_files_in("a") == {"a/1.jpg": whole["a/1.jpg"]}
     assert set(ledger.known_files_in("")) == {"top.jpg"}
+
+
+def test_sql_placeholders_are_never_numbered() -> None:
+    """Numbered placeholders (`?` and a digit) bound to a sequence are deprecated since
+    Python 3.12 and an error from 3.14 (sqlite3.ProgrammingError); CI's Python may not warn."""
+    numbered = re.compile(r"\?\d")
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted((Path(syncd.__file__).parent).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if numbered.search(line)
+    ]
+    assert offenders == []
