@@ -240,12 +240,12 @@ def test_labels_from_dirs(tmp_path: Path) -> None:
 def test_invalid_sidecar_holds_its_image_only(tmp_path: Path) -> None:
     """An invalid sidecar leaves its image without labels and with the reason; others go on."""
     write_image(tmp_path / "bad.jpg")
-    write(tmp_path / "bad.json", '{"concepts": ["cat",]}')
+    write(tmp_path / "bad.json", '{"concepts": ["cat" "dog"]}')
     write_image(tmp_path / "good.jpg")
     result = run(tmp_path)
     bad = result.snapshot.images["bad.jpg"]
     assert bad.labels is None
-    assert bad.problem == "bad.json: line 1 column 21: Expecting value"
+    assert bad.problem == "bad.json: line 1 column 21: Expecting ',' delimiter"
     assert bad.sha256 is not None  # the image itself is fine: its hash is cached
     assert {r.path: r.trusted for r in result.files} == {"bad.jpg": True, "good.jpg": True}
     assert result.snapshot.images["good.jpg"].problem is None

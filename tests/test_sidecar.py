@@ -31,6 +31,13 @@ def parse(doc: object) -> SidecarContent:
     return parse_json_sidecar(json.dumps(doc).encode(), path="a/b.json")
 
 
+def json_error(text: str) -> str:
+    """Where and why this Python's json module refuses `text`: "line L column C: why"."""
+    with pytest.raises(json.JSONDecodeError) as info:
+        json.loads(text)
+    return f"line {info.value.lineno} column {info.value.colno}: {info.value.msg}"
+
+
 def invalid(data: bytes, *, path: str = "a/b.json") -> str:
     """The SidecarError message for `data`, which must be invalid."""
     with pytest.raises(SidecarError) as info:
@@ -102,8 +109,14 @@ def test_json_utf8_bom_is_accepted() -> None:
 
 def test_json_syntax_error_has_line_and_column() -> None:
     """Broken JSON is reported with the path, line and column of the error."""
-    message = invalid(b'{\n  "concepts": ["cat",\n  ]\n}')
-    assert message == "a/b.json: line 3 column 3: Expecting value"
+    message = invalid(b'{\n  "concepts": ["cat"\n  "dog"]\n}')
+    assert message == "a/b.json: line 3 column 3: Expecting ',' delimiter"
+
+
+def test_json_syntax_error_is_worded_by_the_running_python() -> None:
+    """A trailing comma: Python 3.13 words it (and places it) otherwise than 3.11."""
+    text = '{\n  "concepts": ["cat",\n  ]\n}'
+    assert invalid(text.encode()) == f"a/b.json: {json_error(text)}"
 
 
 @pytest.mark.parametrize(
