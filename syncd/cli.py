@@ -95,7 +95,7 @@ def program() -> None:
     Once the command has returned and the only thread left is this one, the process ends
     without the interpreter's teardown: freeing a pass's objects one by one took ~65 ms of
     an initial sync of 10,000 images, after the work was done. Output is flushed first;
-    with another thread still alive (nothing of syncd's should be), it exits normally.
+    with another thread still alive, it exits normally (and the interpreter waits for it).
     """
     try:
         main()  # click's standalone mode: always ends in SystemExit
