@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from syncd.config import Config, check_root, load_config, resolve_api_key
-from syncd.errors import ApiError, AuthError, ConfigError, LedgerError, TransientError
+from syncd.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    LedgerError,
+    TransientError,
+    os_error_reason,
+)
 from syncd.sidecar import is_sidecar_name
 from syncd.watcher import path_filter, suggested_max_user_watches
 
@@ -295,8 +302,19 @@ def _inotify(tree: _Tree | None, inotify_dir: Path) -> Check:
 
 def _ledger(config: Config) -> Check:
     path = config.ledger.path
-    if not path.exists():
-        parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a folder on the way this user may not enter, a name too long
+        return Check(
+            "ledger",
+            FAIL,
+            f"{path} cannot be reached: {os_error_reason(exc)}",
+            "run doctor as the user syncd runs as, and give [ledger] path a place that user "
+            "can write (under systemd: StateDirectory= with SYNCD_LEDGER_PATH)",
+        )
+    if not exists:
+        # (os.path.exists: a parent this user cannot stat counts as absent, not an error)
+        parent = next((p for p in (path.parent, *path.parent.parents) if os.path.exists(p)), None)
         if parent is not None and os.access(parent, os.W_OK | os.X_OK):
             return Check("ledger", OK, f"{path} does not exist yet; it is created at first run")
         return Check(

@@ -45,7 +45,7 @@ from urllib.parse import quote
 
 import structlog
 
-from syncd.errors import LedgerError, LedgerLocked
+from syncd.errors import LedgerError, LedgerLocked, os_error_reason
 from syncd.model import (
     FileStat,
     InputRecord,
@@ -274,7 +274,13 @@ class Ledger:
         """
         path = Path(path)
         if lock:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                # e.g. a [ledger] path this user cannot write: said plainly, not a traceback
+                raise LedgerError(
+                    f"cannot create the ledger's folder {path.parent}: {os_error_reason(exc)}"
+                ) from None
         lock_fd = _acquire_lock(path) if lock else None
         try:
             conn = _connect(path, read_only=not lock)
@@ -820,10 +826,13 @@ def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     """Open the SQLite file (WAL mode unless read-only) and check that it is a healthy database."""
-    if read_only and not path.is_file():
-        raise LedgerError(f"ledger {path} does not exist")
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    try:
+        if read_only and not path.is_file():
+            raise LedgerError(f"ledger {path} does not exist")
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:  # a folder on the way this user may not enter, a name too long
+        raise LedgerError(f"cannot open the ledger {path}: {os_error_reason(exc)}") from None
     target = f"file:{quote(os.fsencode(path))}?mode=ro" if read_only else str(path)
     try:
         conn = sqlite3.connect(

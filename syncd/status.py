@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from syncd.config import Config, resolve_api_key
-from syncd.errors import ApiError, ConfigError
+from syncd.errors import ApiError, ConfigError, LedgerError, os_error_reason
 from syncd.ledger import Ledger
 from syncd.sidecar import display_path
 
@@ -22,7 +23,7 @@ def collect_status(config: Config, *, remote: bool = True) -> dict[str, Any]:
         "root": str(config.source.root),
         "ledger": str(config.ledger.path),
     }
-    if not config.ledger.path.exists():
+    if not _exists(config.ledger.path):
         info["ledger_exists"] = False
     else:
         info["ledger_exists"] = True
@@ -97,3 +98,11 @@ def render_status(info: dict[str, Any]) -> str:
             lines.append("remote: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     # file names with newlines or non-UTF-8 bytes are shown escaped, one entry per line
     return "\n".join(display_path(line) for line in lines)
+
+
+def _exists(path: Path) -> bool:
+    """Whether the ledger file exists; LedgerError when this user cannot even tell."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise LedgerError(f"cannot reach the ledger {path}: {os_error_reason(exc)}") from None

@@ -201,3 +201,18 @@ def test_cli_prints_each_check_with_a_fix(
     monkeypatch.setenv("CLARIFAI_PAT", emulator.api_key)
     result = CliRunner().invoke(doctor_command, ["--config", str(config), "--json"])
     assert '"name": "remote"' in result.output
+
+
+def test_a_ledger_path_that_cannot_be_reached_fails_with_a_fix(
+    tmp_path: Path, dataset: Path, inotify: Path
+) -> None:
+    """A ledger path this user cannot even stat (a name too long here; a folder of another
+    user's in life) is a failed check with the reason, not a traceback."""
+    config = write_config(tmp_path, dataset, "http://127.0.0.1:9")
+    long_path = tmp_path / ("x" * 300) / "ledger.db"
+    text = config.read_text().replace(f"{tmp_path}/state/ledger.db", str(long_path))
+    config.write_text(text)
+    check = by_name(run_checks(config, environ={}, remote=False, inotify_dir=inotify))["ledger"]
+    assert check.status == FAIL
+    assert "cannot be reached: File name too long" in check.detail
+    assert "the user syncd runs as" in (check.fix or "")

@@ -840,3 +840,13 @@ def test_sql_placeholders_are_never_numbered() -> None:
         if numbered.search(line)
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_a_ledger_path_that_cannot_be_reached_is_a_ledger_error(tmp_path: Path, lock: bool) -> None:
+    """A folder on the way that cannot be created or entered (here a name over the file
+    system's 255 bytes: ENAMETOOLONG, which pathlib does not read as "absent") is said as a
+    LedgerError with the reason, for a pass (lock) and for `syncd status` (no lock)."""
+    path = tmp_path / ("x" * 300) / "ledger.db"
+    with pytest.raises(LedgerError, match="File name too long"):
+        Ledger.open(path, lock=lock)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from click.testing import Result
@@ -198,3 +199,16 @@ def test_status_works_while_another_process_holds_the_ledger(site: Site, emu: Em
     assert refused.exit_code == 2
     assert f"pid {holder.pid}" in refused.stderr
     assert holder.returncode == 0
+
+
+def test_a_ledger_path_that_cannot_be_reached_is_said_plainly(site: Site, tmp_path: Path) -> None:
+    """`status` and `reconcile` with a ledger path this user cannot reach (a name too long
+    here; another user's folder in life): exit 2 and one line saying why, no traceback."""
+    far = tmp_path / ("x" * 300) / "ledger.db"
+    for command, reason in (("status", "cannot reach the ledger"), ("reconcile", "cannot create")):
+        result = run_cli(
+            [command, "--config", str(site.config), "--set", f"ledger.path={far}"], env=site.env
+        )
+        assert result.exit_code == 2, result.output
+        assert f"syncd: {reason}" in result.stderr
+        assert "File name too long" in result.stderr
