@@ -89,7 +89,9 @@ class Engine:
         """Run one pass (by default a full one, with the remote listing); return its report."""
         options = options or PassOptions()
         started = self.clock()
-        report = SyncReport(dry_run=options.dry_run, local_only=options.local_only)
+        report = SyncReport(
+            dry_run=options.dry_run, local_only=options.local_only, waited=options.wait
+        )
         pass_id = None if options.dry_run else self.ledger.start_pass(options.kind)
         sent_before = self._api_counts()
         try:

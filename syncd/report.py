@@ -55,6 +55,9 @@ class SyncReport:
     missing_readded: int = 0
     drifted: list[str] = field(default_factory=list)
     pending: int = 0
+    # whether the pass polled until its inputs were processed (not with --no-wait, nor in the
+    # daemon's passes): only then are inputs still pending at the end a reason for exit 1
+    waited: bool = True
     guard: str | None = None
     errors: list[str] = field(default_factory=list)
     unreachable: bool = False  # an error was the remote being down: exit 3, not 1
@@ -71,8 +74,10 @@ class SyncReport:
             return 3
         if self.guard:
             return 4
-        if self.errors or self.failed or self.held or self.skipped or self.pending:
+        if self.errors or self.failed or self.held or self.skipped:
             return 1
+        if self.pending and self.waited:
+            return 1  # the poll timed out with inputs still processing
         return 0
 
     def as_dict(self) -> dict[str, Any]:

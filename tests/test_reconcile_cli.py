@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,34 @@ def test_summary_line_and_exit_zero_when_in_step(site: Site) -> None:
     again = reconcile(site)
     assert again.exit_code == 0
     assert "added 0" in again.stdout and " 0 bytes sent" in again.stdout
+
+
+def test_no_wait_leaves_inputs_pending_and_exits_zero(site: Site) -> None:
+    """`--no-wait` returns once the adds are sent: the inputs are reported pending, and that
+    is what was asked for, not a failure (exit 0)."""
+    populate(site, 3)
+
+    result = reconcile(site, "--no-wait", "--json")
+
+    report = json.loads(result.stdout)
+    assert (report["pending"], report["waited"], report["added"]) == (3, False, 3)
+    assert result.exit_code == 0, result.output
+
+
+def test_inputs_still_processing_when_the_poll_times_out_exit_1(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """A pass that waited and gave up (`sync.poll_timeout`) with inputs still processing
+    exits 1 and says how many."""
+    slow = make_emulator(processing_delay=600.0)
+    site = make_site(tmp_path, slow, sync={"poll_timeout": 0.2})
+    populate(site, 3)
+
+    result = reconcile(site, "--json")
+
+    report = json.loads(result.stdout)
+    assert (report["pending"], report["waited"]) == (3, True)
+    assert result.exit_code == 1, result.output
 
 
 def test_json_report_carries_the_summary(site: Site) -> None:
