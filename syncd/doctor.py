@@ -125,9 +125,10 @@ def render(checks: list[Check]) -> str:
 
 def _credentials(config: Config, environ: Mapping[str, str]) -> tuple[Check, Any]:
     fix = (
-        f"export {config.remote.api_key_env}=<your PAT>, or set remote.api_key_file; under "
-        f"systemd put the key in /etc/syncd/{config.source.name}.pat (mode 0600), which the "
-        "unit loads with LoadCredential="
+        f"export {config.remote.api_key_env}=<your PAT>, or set remote.api_key_file; for "
+        f"the system unit put the key in /etc/syncd/{config.source.name}.pat (mode 0600), which "
+        "it loads with LoadCredential=; for the user unit in ~/.config/syncd/clarifai.pat (check "
+        "it with SYNCD_REMOTE_API_KEY_FILE=~/.config/syncd/clarifai.pat syncd doctor ...)"
     )
     try:
         key = resolve_api_key(config, environ)

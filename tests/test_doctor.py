@@ -90,6 +90,7 @@ def test_missing_key_says_where_to_put_it(
     assert found["credentials"].status == FAIL
     assert "CLARIFAI_PAT" in (found["credentials"].fix or "")
     assert "/etc/syncd/pets.pat" in (found["credentials"].fix or "")
+    assert "~/.config/syncd/clarifai.pat" in (found["credentials"].fix or "")
     assert found["remote"].status == SKIP
 
 
