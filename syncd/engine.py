@@ -471,7 +471,8 @@ class Engine:
             chunks = list(chunk_ids(list(waiting), MAX_IDS_PER_LIST))
             updates: list[tuple[str, InputState, int | None, str | None, str | None]] = []
             gone: list[str] = []
-            for chunk, present in zip(chunks, pool.map(self._statuses, chunks), strict=True):
+            answers = pool.map(self.api.input_statuses, chunks)
+            for chunk, present in zip(chunks, answers, strict=True):
                 for input_id in chunk:
                     was, found = waiting[input_id], present.get(input_id)
                     if was is InputState.DELETING:
@@ -528,10 +529,6 @@ class Engine:
         """The path of one input, for a log line (the poll holds no paths)."""
         record = self.ledger.input(input_id)
         return None if record is None else record.path
-
-    def _statuses(self, ids: list[str]) -> dict[str, tuple[int | None, str]]:
-        """(status code, description) of those of `ids` (one chunk) the remote lists."""
-        return self.api.input_statuses(ids)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -58,12 +58,14 @@ def test_buffered_output_is_written_before_the_exit(tmp_path: Path) -> None:
 
 
 def test_a_live_thread_gets_the_normal_exit_which_waits_for_it(tmp_path: Path) -> None:
+    """The thread writes its marker only once the main thread has ended: the quick exit
+    would have killed it first; the normal one waits for it."""
     marker = tmp_path / "thread-finished"
     result = run_program(
         f"""
-        import threading, time
+        import threading
         def finish():
-            time.sleep(0.3)
+            threading.main_thread().join()
             open({str(marker)!r}, "w").close()
         def main():
             threading.Thread(target=finish).start()
