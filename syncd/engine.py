@@ -36,7 +36,14 @@ from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
 from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
 from syncd.report import PassOptions, SyncReport, summary_of
-from syncd.scanner import RACY_WINDOW_NS, FileRecord, KnownFile, ScanResult, scan
+from syncd.scanner import (
+    RACY_WINDOW_NS,
+    FileRecord,
+    KnownFile,
+    ScanResult,
+    read_deferred,
+    scan,
+)
 
 if TYPE_CHECKING:
     from syncd.executor import Executor, Outcome
@@ -167,6 +174,7 @@ class Engine:
         else:
             digest = None
 
+        snapshot = self._read_deferred(snapshot, beliefs, report)
         snapshot = _hold_blocked(snapshot, blocked)
         report.held = sorted(
             (img.path, img.problem or "") for img in snapshot.images.values() if img.problem
@@ -361,7 +369,13 @@ class Engine:
         deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
         if adds:
             sizes, settled = self._add_evidence(snapshot)
-            executor.add(adds, sizes, settled)
+            executor.add(
+                adds,
+                sizes,
+                settled,
+                unread=_Unread(snapshot.images),
+                racy_from_ns=self._scan_started_ns - RACY_WINDOW_NS,
+            )
             del sizes, settled
         executor.patch(patches, beliefs)
         executor.delete(replaces)
@@ -400,7 +414,10 @@ class Engine:
             else self.ledger.known_files(options.scope)
         )
         self._scan_started_ns = time.time_ns()
-        result = self._scan(known, options.scope)
+        # new images are read once, by the add that sends them (see `scan`), unless the pass
+        # only looks (a dry run, --explain: they judge every file now) or sends URLs
+        defer = not (options.dry_run or self.explain or self.config.source.url_base)
+        result = self._scan(known, options.scope, defer_new=defer)
         report.files_seen = result.stats.files_seen
         report.files_hashed = result.stats.files_hashed
         report.bytes_hashed = result.stats.bytes_hashed
@@ -412,10 +429,13 @@ class Engine:
         report.skipped.extend(sorted(result.skipped.items()))
         if not options.dry_run:
             skipped = [FileRecord(p, None, None, False, why) for p, why in result.skipped.items()]
+            # a deferred image has no row yet (its add writes it); an old one, of an earlier
+            # problem, is forgotten: the add reads the file anew
+            deferred = {p for p, img in result.snapshot.images.items() if img.deferred}
             self.ledger.record_files(
                 [*result.changed, *skipped],
                 scope=options.scope,
-                seen=result.seen_paths() | result.skipped.keys(),
+                seen=(result.seen_paths() - deferred) | result.skipped.keys(),
             )
         return result.snapshot
 
@@ -532,7 +552,13 @@ class Engine:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _scan(self, known: Mapping[str, KnownFile], scope: tuple[str, ...] | None) -> ScanResult:
+    def _scan(
+        self,
+        known: Mapping[str, KnownFile],
+        scope: tuple[str, ...] | None,
+        *,
+        defer_new: bool = False,
+    ) -> ScanResult:
         src = self.config.source
         return scan(
             src.root,
@@ -544,6 +570,31 @@ class Engine:
             max_file_bytes=self.config.sync.max_file_bytes,
             known=known,
             scope=scope,
+            defer_new=defer_new,
+        )
+
+    def _read_deferred(
+        self,
+        snapshot: LocalSnapshot,
+        beliefs: Mapping[str, InputRecord],
+        report: SyncReport,
+    ) -> LocalSnapshot:
+        """Read now the deferred images that an input already holds the id of (a ledger
+        rebuilt from the listing, say): the planner compares their bytes with the input's."""
+        due = [img for img in snapshot.images.values() if img.deferred and img.input_id in beliefs]
+        if not due:
+            return snapshot
+        read, records, hashed, bytes_hashed = read_deferred(
+            self.config.source.root,
+            due,
+            max_file_bytes=self.config.sync.max_file_bytes,
+            racy_from_ns=self._scan_started_ns - RACY_WINDOW_NS,
+        )
+        report.files_hashed += hashed
+        report.bytes_hashed += bytes_hashed
+        self.ledger.put_files(records)
+        return dataclasses.replace(
+            snapshot, images={**snapshot.images, **{img.path: img for img in read}}
         )
 
     def _executor(self) -> Executor:
@@ -639,6 +690,12 @@ class Engine:
         report.errors = list(outcome.errors)
         report.unreachable = outcome.unreachable
         report.retry_after = outcome.retry_after
+        report.files_hashed += outcome.files_hashed
+        report.bytes_hashed += outcome.bytes_hashed
+        if outcome.held:  # deferred images the add read and found not to be images
+            for path, problem in outcome.held:
+                log.warning("file_held", path=path, reason=problem)
+            report.held = sorted([*report.held, *outcome.held])
         report.held.extend((f"input {k}", v) for k, v in outcome.blocked.items())
 
     def _report_states(self, report: SyncReport) -> None:
@@ -899,6 +956,27 @@ class _Settled(Mapping[str, FileStat]):
     # (iterating or counting goes through every image: the executor only looks paths up)
     def __iter__(self) -> Iterator[str]:
         return (path for path in self._images if path in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Unread(Mapping[str, FileStat]):
+    """path -> scanned stat of the deferred images (not read by the scan), read from the
+    snapshot when asked."""
+
+    def __init__(self, images: Mapping[str, LocalImage]) -> None:
+        self._images = images
+
+    def __getitem__(self, path: str) -> FileStat:
+        img = self._images[path]
+        if not img.deferred:
+            raise KeyError(path)
+        return img.stat
+
+    # (iterating or counting goes through every image: the executor only looks paths up)
+    def __iter__(self) -> Iterator[str]:
+        return (path for path, img in self._images.items() if img.deferred)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -15,6 +15,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,9 +26,10 @@ from syncd.batcher import batches
 from syncd.envelope import ItemResult, RemoteRecord
 from syncd.errors import AuthError, RejectedError, TransientError, os_error_reason
 from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
-from syncd.planner import state_for_code
+from syncd.planner import marked_labels, state_for_code
 from syncd.remote import remote_input
-from syncd.scanner import read_up_to
+from syncd.scanner import FileRecord, judge_bytes, read_up_to
+from syncd.sidecar import display_path
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,8 @@ class Api(Protocol):
 
 
 class LedgerWriter(Protocol):
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def put_files(self, records: Iterable[FileRecord]) -> None: ...
     def put_inputs(self, records: Iterable[InputRecord]) -> None: ...
     def drop_inputs(self, ids: Iterable[str]) -> None: ...
     def set_input_states(
@@ -65,7 +69,11 @@ class Outcome:
     unreachable: bool = False  # one of them was the remote being down or throttling
     retry_after: float | None = None  # the longest wait the remote asked for (Retry-After)
     vanished: list[str] = field(default_factory=list)  # paths whose input a PATCH found gone
+    #: (path, problem) of deferred images that the add read and found not to be images
+    held: list[tuple[str, str]] = field(default_factory=list)
     bytes_read: int = 0
+    files_hashed: int = 0  # deferred images read, hashed and judged by the add
+    bytes_hashed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, fn: Callable[[Outcome], None]) -> None:
@@ -90,6 +98,10 @@ class Executor:
     _settled: Mapping[str, FileStat] = field(default_factory=dict, repr=False)
     #: path -> size as scanned; set by `add`
     _sizes: Mapping[str, int] = field(default_factory=dict, repr=False)
+    #: path -> the scanned stat of deferred images (not read by the scan); set by `add`
+    _unread: Mapping[str, FileStat] = field(default_factory=dict, repr=False)
+    #: files changed at or after this time (ns) are too recent for their stat to be trusted
+    _racy_from_ns: int = 0
 
     # --- adds --------------------------------------------------------------------------
 
@@ -98,15 +110,26 @@ class Executor:
         ops: Sequence[Operation],
         sizes: Mapping[str, int],
         settled: Mapping[str, FileStat] | None = None,
+        *,
+        unread: Mapping[str, FileStat] | None = None,
+        racy_from_ns: int = 0,
     ) -> None:
         """Create inputs, `workers` batches at a time; sizes (by path) keep bodies bounded.
 
         `settled`: path -> stat as scanned, only for files last changed before the scanner's
         racy window. A file read with exactly that stat is sent without hashing it again (the
         evidence the stat cache trusts); any other file is hashed to prove its bytes.
+
+        `unread`: path -> stat as scanned, for the deferred images (operations without a
+        sha256): the scan did not read them. Each is read once, here: its bytes must come with
+        that stat, are hashed and judged as the scan would have (a file that is not a whole
+        image is held, not sent), and its file row is written with the intent.
+        `racy_from_ns` decides whether that row's hash may be trusted by later scans.
         """
         self._settled = {} if settled is None else settled  # (a view: no bool(), no len())
         self._sizes = sizes
+        self._unread = {} if unread is None else unread
+        self._racy_from_ns = racy_from_ns
         groups = batches(ops, size=self.batch_size, weight=lambda op: sizes.get(op.path, 0))
         if self.workers <= 1:
             for group in groups:
@@ -155,15 +178,25 @@ class Executor:
         that can be sent; None when none can."""
         payload: list[dict[str, Any]] = []
         sendable: list[Operation] = []
-        for op in ops:
-            image = self._image_field(op)
-            if image is None:
+        read = _BatchRead()
+        for planned in ops:
+            prepared = self._image_field(planned, read)
+            if prepared is None:
                 continue
+            image, op = prepared  # a deferred image's add now has its sha256 and marker
             payload.append(self._input_json(op, image))
             sendable.append(op)
+        self.outcome.record(read.count)
         if not sendable:
+            if read.files:
+                self.ledger.put_files(read.files)
             return None
-        self.ledger.put_inputs(_intent(op, InputState.ADDING) for op in sendable)
+        with self.ledger.transaction():
+            # a deferred image's row (its stat and hash) goes with its intent: after a crash
+            # the next pass finds both, and adopts the input if the add did land
+            if read.files:
+                self.ledger.put_files(read.files)
+            self.ledger.put_inputs(_intent(op, InputState.ADDING) for op in sendable)
         return payload, sendable
 
     def _send_adds(self, payload: list[dict[str, Any]], sendable: list[Operation]) -> None:
@@ -241,20 +274,26 @@ class Executor:
         self.outcome.record(lambda o: o.adopted.append(op.input_id))
         log.info("input_adopted", path=op.path, input_id=op.input_id)
 
-    def _image_field(self, op: Operation) -> dict[str, Any] | None:
+    def _image_field(
+        self, op: Operation, read: _BatchRead
+    ) -> tuple[dict[str, Any], Operation] | None:
+        """(the input's image field, the operation to send) for one add, or None when the
+        file cannot be sent now (skipped or held, and said so). A deferred image's operation
+        comes back with its sha256 and marker, and its file row goes into `read`."""
         if self.url_base:
             url = (
                 self.url_base.rstrip("/")
                 + "/"
                 + urllib.parse.quote(op.path.encode("utf-8", "surrogateescape"))
             )
-            return {"url": url, "allow_duplicate_url": True}
+            return {"url": url, "allow_duplicate_url": True}, op
+        unread = self._unread.get(op.path) if op.sha256 is None else None
         try:
             # O_NONBLOCK: a file swapped for a named pipe since the scan must not hang the pass
             flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
             fd = os.open(os.path.join(self.root, op.path), flags)
         except OSError as exc:
-            self._skip(op, f"unreadable: {os_error_reason(exc)}")
+            self._unreadable(op, unread, exc, read)
             return None
         try:
             # the size as scanned (no fstat of its own: the stat after the read, and the hash
@@ -269,24 +308,80 @@ class Executor:
                 data = read_up_to(fd, want, data)
             after = os.fstat(fd)  # after the read: a write meanwhile moves ctime
         except OSError as exc:
-            self._skip(op, f"unreadable: {os_error_reason(exc)}")
+            self._unreadable(op, unread, exc, read)
             return None
         finally:
             os.close(fd)
-        if len(data) > min(size, self.max_file_bytes) or not self._same_bytes(op, data, after):
+        if len(data) > min(size, self.max_file_bytes) or not self._same_bytes(
+            op, unread, data, after
+        ):
             self._skip(op, "changed since it was scanned; it goes out on the next pass")
             return None
-        self.outcome.record(lambda o: setattr(o, "bytes_read", o.bytes_read + len(data)))
+        if unread is not None:
+            judged = self._judge_unread(op, unread, data, read)
+            if judged is None:
+                return None
+            op = judged
+        read.bytes_read += len(data)
         # bytes, not str: the client splices them into the body without another copy or scan
-        return {"base64": base64.b64encode(data)}
+        return {"base64": base64.b64encode(data)}, op
 
-    def _same_bytes(self, op: Operation, data: bytes, after: os.stat_result) -> bool:
+    def _judge_unread(
+        self, op: Operation, scanned: FileStat, data: bytes, read: _BatchRead
+    ) -> Operation | None:
+        """Hash and judge the bytes of a deferred image as the scan would have: the add to
+        send (with the sha256 and the marker), or None when they are not a whole image (the
+        file is held, its row says why)."""
+        sha256, problem = judge_bytes(data)
+        read.files_hashed += 1
+        read.bytes_hashed += len(data)
+        if problem is not None:
+            self._hold(op, scanned, problem, sha256, read)
+            return None
+        _, mtime_ns, ctime_ns, _ = scanned.fields()
+        trusted = max(mtime_ns, ctime_ns) < self._racy_from_ns
+        read.files.append(FileRecord(op.path, scanned, sha256, trusted, None))
+        assert op.labels is not None
+        labels = marked_labels(op.labels, self.source_name, op.path, sha256)
+        return Operation(op.kind, op.input_id, op.path, op.reason, sha256, labels)
+
+    def _same_bytes(
+        self, op: Operation, unread: FileStat | None, data: bytes, after: os.stat_result
+    ) -> bool:
         """Whether `data` are the bytes scanned (and hashed) for `op`: proven by an unchanged
-        stat for a settled file, by the hash otherwise."""
+        stat for a settled file, by the hash otherwise; for a deferred image (`unread`, its
+        stat as scanned), by that stat, the only evidence there is."""
+        if op.sha256 is None:
+            return (
+                unread is not None and after.st_size == len(data) and unread == FileStat.key(after)
+            )
         scanned = self._settled.get(op.path)
         if scanned is not None and after.st_size == len(data) and scanned == FileStat.key(after):
             return True
         return hashlib.sha256(data).hexdigest() == op.sha256
+
+    def _unreadable(
+        self, op: Operation, unread: FileStat | None, exc: OSError, read: _BatchRead
+    ) -> None:
+        reason = f"unreadable: {os_error_reason(exc)}"
+        if unread is None or isinstance(exc, FileNotFoundError):
+            self._skip(op, reason)
+            return
+        # a deferred image is met here for the first time: held, as the scan holds a file
+        # it cannot read (a removed one is simply gone: the next pass does not see it)
+        self._hold(op, unread, reason, None, read)
+
+    def _hold(
+        self,
+        op: Operation,
+        scanned: FileStat,
+        problem: str,
+        sha256: str | None,
+        read: _BatchRead,
+    ) -> None:
+        read.files.append(FileRecord(op.path, scanned, sha256, False, problem))
+        read.held.append((op.path, problem))
+        log.warning("scan_image_problem", path=display_path(op.path), problem=problem)
 
     def _skip(self, op: Operation, reason: str) -> None:
         self.outcome.record(lambda o: o.skipped.append((op.path, reason)))
@@ -476,6 +571,23 @@ class Executor:
             for fut in futures:
                 if not fut.cancelled() and fut.exception() is not None:
                     raise fut.exception()  # type: ignore[misc]
+
+
+@dataclass
+class _BatchRead:
+    """What reading one batch's files found, recorded into the Outcome once per batch."""
+
+    files: list[FileRecord] = field(default_factory=list)  # rows of the deferred images read
+    held: list[tuple[str, str]] = field(default_factory=list)
+    bytes_read: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        outcome.bytes_read += self.bytes_read
+        outcome.files_hashed += self.files_hashed
+        outcome.bytes_hashed += self.bytes_hashed
+        outcome.held.extend(self.held)
 
 
 def _concepts_json(labels: Labels) -> list[dict[str, Any]]:

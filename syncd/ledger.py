@@ -436,6 +436,17 @@ class Ledger:
             deleted = self._forget_unseen(conn, seen, None if full else scope)
         log.debug("ledger_files_recorded", upserted=written, deleted=deleted)
 
+    def put_files(self, records: Iterable[FileRecord]) -> None:
+        """Upsert file rows, in one transaction, forgetting none (the add writes the rows of
+        the images it read first, with their intents)."""
+        now = self._clock()
+        rows = [_file_row(r, now) for r in records]
+        with self.transaction():
+            conn = self._live()
+            if rows:
+                conn.execute(_CLEAR_IN_STEP)
+            conn.executemany(_UPSERT_FILE, rows)
+
     def _forget_unseen(
         self, conn: sqlite3.Connection, seen: Iterable[str], scope: Sequence[str] | None
     ) -> int:

@@ -263,6 +263,8 @@ class LocalImage:
     sidecar: str | None = None
     problem: str | None = None
     hashed: bool = False
+    #: new to the ledger, not read by the scan: `sha256` is None until the add reads it
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +370,9 @@ class OpKind(StrEnum):
 class Operation:
     """One change to the remote, for one input.
 
-    add:    `labels` is the full labels to create with (metadata includes the marker).
+    add:    `labels` is the full labels to create with (metadata includes the marker); with
+            `sha256` None (a deferred image, not read yet) the sidecar's labels, which the
+            executor completes with the marker once it has read the file.
     patch:  `remove` (concept ids / metadata keys to drop) is applied before `merge`; `labels`
             is what the input carries once both are applied.
     delete: `replace` is True when the input is deleted only to be added again with new bytes.

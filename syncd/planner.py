@@ -55,13 +55,18 @@ def state_for_code(code: int | None) -> InputState:
 def desired_labels(image: LocalImage, source_name: str) -> Labels:
     """The labels an input should carry: the sidecar's, plus syncd's ownership marker."""
     assert image.labels is not None and image.sha256 is not None
-    if image.labels.metadata == "{}":
+    return marked_labels(image.labels, source_name, image.path, image.sha256)
+
+
+def marked_labels(labels: Labels, source_name: str, path: str, sha256: str) -> Labels:
+    """`labels` (a sidecar's) plus syncd's ownership marker for the file at `path`."""
+    if labels.metadata == "{}":
         # the common case, without a parse: the marker is the only key
-        return MarkerLabels(image.labels.concepts, source_name, image.path, image.sha256)
-    marker = Marker(source_name, marker_path(image.path), image.sha256).as_dict()
-    metadata = image.labels.metadata_dict()
+        return MarkerLabels(labels.concepts, source_name, path, sha256)
+    marker = Marker(source_name, marker_path(path), sha256).as_dict()
+    metadata = labels.metadata_dict()
     metadata[MARKER_KEY] = marker
-    return Labels(image.labels.concepts, canonical_json(metadata))
+    return Labels(labels.concepts, canonical_json(metadata))
 
 
 def plan(
@@ -71,7 +76,8 @@ def plan(
     wanted: dict[str, LocalImage] = {}
     protected: set[str] = set()
     for image in local.images.values():
-        if image.problem is None and image.sha256 is not None and image.labels is not None:
+        readable = image.sha256 is not None or image.deferred
+        if image.problem is None and readable and image.labels is not None:
             wanted[image.input_id] = image
         else:
             protected.add(image.input_id)
@@ -98,6 +104,14 @@ def plan(
 def _plan_present(
     image: LocalImage, belief: InputRecord | None, source_name: str
 ) -> Operation | None:
+    if image.sha256 is None:
+        # deferred (not read yet): an add carries the sidecar's labels, and the executor adds
+        # the marker once it has read and hashed the file. With a belief there are bytes to
+        # compare, which it has not got: nothing is planned (the engine reads such images
+        # before planning, so this is only a guard).
+        if belief is not None or image.labels is None:
+            return None
+        return Operation(OpKind.ADD, image.input_id, image.path, "new file", labels=image.labels)
     want = desired_labels(image, source_name)
     if belief is None:
         return Operation(

@@ -152,11 +152,16 @@ def scan(
     listdir: Callable[[str], Any] = os.scandir,
     stat: Callable[[str], Any] = os.stat,
     open_file: Callable[..., Any] | None = None,
+    defer_new: bool = False,
 ) -> ScanResult:
     """Scan `root` (or only the relative paths in `scope`, files or directories) once.
 
     Only files whose (size, mtime, ctime, inode) differ from `known`, or whose known hash is
     not trusted, are read. See docs/dataset-rules.md for which files are images and sidecars.
+
+    `defer_new`: an image the ledger has no hash for, with valid labels, is not read here
+    but marked `deferred` (no sha256, no file record): the add that sends it reads it once,
+    then hashes and judges those bytes (`judge_bytes`), instead of reading it twice.
     """
     started = time.monotonic()
     walker = _Scan(
@@ -172,6 +177,7 @@ def scan(
         listdir=listdir,
         stat=stat,
         open_file=open_file,
+        defer_new=defer_new,
     )
     log.debug("scan_started", root=display_path(os.fspath(root)), scoped=scope is not None)
     snapshot = walker.run(None if scope is None else [_normalize_scope(p) for p in scope])
@@ -238,6 +244,7 @@ class _Scan:
         self.listdir = options["listdir"]
         self.stat = options["stat"]
         self.open_file = options["open_file"]
+        self.defer_new: bool = options.get("defer_new", False)
         self.images: dict[str, LocalImage] = {}
         self.records: dict[str, FileRecord] = {}
         self.orphans: dict[str, str] = {}
@@ -521,6 +528,9 @@ class _Scan:
             return  # replaced by a directory or a special file since the listing
         self.counts["files_seen"] += 1
         known = self.known.get(rel)
+        input_id, labels, label_problem = self._labels(rel, sidecar)
+        input_id = intern(input_id)
+        deferred = False
         if (
             known is not None
             and known.trusted
@@ -532,19 +542,27 @@ class _Scan:
             fstat = known.stat
             sha256, file_problem, trusted, hashed = known.sha256, None, True, False
         else:
-            known = None
             fstat = FileStat.of(st)
-            sha256, file_problem, trusted, hashed = self._content(rel, path, fstat)
-            if sha256 is not None:
-                sha256 = intern(sha256)
-        input_id, labels, label_problem = self._labels(rel, sidecar)
-        input_id = intern(input_id)
+            if (
+                known is None
+                and self.defer_new
+                and label_problem is None
+                and fstat.size <= self.max_file_bytes
+            ):
+                # new to the ledger and to be added: read once, by the add (see `scan`)
+                sha256, file_problem, trusted, hashed, deferred = None, None, False, False, True
+            else:
+                sha256, file_problem, trusted, hashed = self._content(rel, path, fstat)
+                if sha256 is not None:
+                    sha256 = intern(sha256)
+            known = None
         if file_problem and label_problem:
             problem: str | None = f"{file_problem}; {label_problem}"
         else:
             problem = file_problem or label_problem or None
-        if known is None or not known.clean or problem is not None:
-            # (an unchanged file's ledger row already says all this: no record is kept)
+        if not deferred and (known is None or not known.clean or problem is not None):
+            # (an unchanged file's ledger row already says all this: no record is kept; a
+            # deferred file's row is written with its intent, once it has been read)
             self.records[rel] = FileRecord(rel, fstat, sha256, trusted, problem)
         if problem is not None:
             log.warning("scan_image_problem", path=display_path(rel), problem=problem)
@@ -557,6 +575,7 @@ class _Scan:
             sidecar=sidecar,
             problem=problem,
             hashed=hashed,
+            deferred=deferred,
         )
 
     def _content(
@@ -759,6 +778,59 @@ def _read(
             break
         ask = 1 if size == expected else HASH_CHUNK
     return digest.hexdigest(), head, tail, size, jpeg, tiff
+
+
+def read_deferred(
+    root: Path | str,
+    images: Iterable[LocalImage],
+    *,
+    max_file_bytes: int,
+    racy_from_ns: int,
+) -> tuple[list[LocalImage], list[FileRecord], int, int]:
+    """Read, hash and judge deferred images now, exactly as the scan would have: for those
+    whose hash turns out to be needed before planning (an input already holds their id).
+    Returns (the images, no longer deferred; their file records; files hashed; bytes)."""
+    walker = _Scan(
+        os.fspath(root),
+        source_name="",
+        include=Patterns(()),
+        exclude=Patterns(()),
+        labels_from_dirs=False,
+        follow_symlinks=False,
+        max_file_bytes=max_file_bytes,
+        known={},
+        racy_from_ns=racy_from_ns,
+        listdir=os.scandir,
+        stat=os.stat,
+        open_file=None,
+    )
+    read: list[LocalImage] = []
+    records: list[FileRecord] = []
+    for image in images:
+        sha256, problem, trusted, hashed = walker._content(
+            image.path, walker._abs(image.path), image.stat
+        )
+        if sha256 is not None:
+            sha256 = intern(sha256)
+        if problem is not None:
+            log.warning("scan_image_problem", path=display_path(image.path), problem=problem)
+        records.append(FileRecord(image.path, image.stat, sha256, trusted, problem))
+        read.append(replace(image, sha256=sha256, problem=problem, hashed=hashed, deferred=False))
+    return read, records, walker.counts["files_hashed"], walker.counts["bytes_hashed"]
+
+
+def judge_bytes(data: bytes) -> tuple[str, str | None]:
+    """(sha256, problem) of a file's whole content already in memory, judged as a scan
+    judges a file it reads (`_read`, then `image_problem_parts`), in one piece: the JPEG and
+    TIFF scans follow a file fed in any pieces alike."""
+    jpeg = JpegScan()
+    jpeg.feed(data)
+    tiff: TiffScan | None = None
+    if sniff_format(data[:HEAD_BYTES]) == "TIFF":
+        tiff = TiffScan()
+        tiff.feed(data)
+    problem = image_problem_parts(data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), jpeg, tiff)
+    return hashlib.sha256(data).hexdigest(), problem
 
 
 def _normalize_scope(path: str) -> str:

@@ -11,7 +11,9 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Site, Traffic, make_site, run_cli, sync_pass, wait_out_racy_window
@@ -87,6 +89,30 @@ def test_initial_sync_posts_full_batches_and_polls_one_request_per_page(
         assert all(len(req) <= BATCH for req in polled)
         previous = set(ids)
     traffic.assert_within_limits()
+
+
+def test_initial_sync_reads_each_image_once(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan of an initial sync reads no image (the ledger knows none): each is opened
+    once, by the add that hashes, judges and sends it, and the ledger then trusts every
+    hash, so the next pass over the untouched tree reads nothing."""
+    opened: Counter[str] = Counter()
+    real_open = os.open
+
+    def counting_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path).endswith(".png"):
+            opened[os.fspath(path)] += 1
+        return real_open(path, flags, *args, **kwargs)
+
+    wait_out_racy_window(site.root)  # else the hashes of files changed just now are not
+    monkeypatch.setattr(os, "open", counting_open)  # trusted, and read again next pass
+    report = sync_pass(site)
+    assert report.added == IMAGES and report.files_hashed == IMAGES
+    assert len(opened) == IMAGES and set(opened.values()) == {1}
+
+    opened.clear()
+    again = local_pass_json(site)
+    assert again["files_hashed"] == 0 and again["requests"] == {}
+    assert not opened
 
 
 def test_noop_local_pass_hashes_nothing_and_sends_nothing(

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ from helpers import (
 from invariants import check_invariant, local_images
 from proto import ProtoRecorder
 
+from syncd import engine
 from syncd.emulator import Emulator
 from syncd.ledger import Ledger
 from syncd.model import derive_input_id
@@ -354,31 +356,34 @@ def test_unreadable_files_are_held_and_an_unreadable_folder_deletes_nothing(site
 # --- files that change between scan and read ------------------------------------------------
 
 
-def after_the_scan(
-    site: Site, paths: list[str], action: Callable[[], object]
-) -> Callable[[], None]:
+def after_the_scan(action: Callable[[], object]) -> Callable[[], None]:
     """A hook action for the pass's remote listing request that runs `action` once the scan
-    has recorded `paths` in the ledger.
+    has finished.
 
-    The listing runs beside the scan, so its request can arrive before the scan has read the
-    files; held here until the scan's records are in the ledger (the pass waits for the
-    listing before it plans and reads files to send), the action lands exactly between the
-    scan and the read.
+    The listing runs beside the scan, so its request can arrive before the scan has seen the
+    files; held here until the pass waits for the listing's result (which it does once its
+    scan has returned, before it plans and reads files to send), the action lands exactly
+    between the scan and the read. The pass runs in this process (CliRunner), so that wait
+    is seen in its thread's stack: a new file leaves no trace in the ledger until its add
+    reads it, so the ledger cannot tell.
     """
 
-    def scanned() -> bool:
-        ledger = Ledger.open(site.ledger, lock=False)
-        try:
-            known = ledger.known_files()
-        finally:
-            ledger.close()
-        return all(path in known for path in paths)
-
     def run() -> None:
-        wait_until(scanned, timeout=30, what=f"the scan to record {paths}")
+        wait_until(_pass_waits_for_listing, timeout=30, what="the scan to finish")
         action()
 
     return run
+
+
+def _pass_waits_for_listing() -> bool:
+    for top in sys._current_frames().values():
+        frame: FrameType | None = top
+        while frame is not None:
+            code = frame.f_code
+            if code.co_qualname == "_Listing.result" and code.co_filename == engine.__file__:
+                return True
+            frame = frame.f_back
+    return False
 
 
 def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook) -> None:
@@ -393,7 +398,7 @@ def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook)
         (site.root / "moving.png").write_bytes(png_bytes(8, 8, seed=600))
         (site.root / "vanishing.png").unlink()
 
-    hook.actions["ListInputs"] = after_the_scan(site, ["moving.png", "vanishing.png"], change_files)
+    hook.actions["ListInputs"] = after_the_scan(change_files)
 
     first = json.loads(reconcile(site, "--json").stdout)
 
@@ -406,11 +411,16 @@ def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook)
     check_invariant(site.emu.url, root=site.root, source=site.source, ledger=site.ledger)
 
 
+@pytest.mark.parametrize("flags", [(), ("--explain",)], ids=["read-by-the-add", "hashed-by-scan"])
 @pytest.mark.parametrize("change", ["grown", "shrunk", "same size", "named pipe"])
-def test_a_file_changed_after_the_scan_is_not_sent(site: Site, hook: Hook, change: str) -> None:
+def test_a_file_changed_after_the_scan_is_not_sent(
+    site: Site, hook: Hook, change: str, flags: tuple[str, ...]
+) -> None:
     """Whether the file grew, shrank, kept its size or became a named pipe, bytes other than
     those scanned are never sent (and a pipe never blocks the upload): the upload reads
-    exactly the scanned size plus one byte, and checks the rest by hash."""
+    exactly the scanned size plus one byte, and checks the rest by the stat the scan saw (a
+    new file, which the scan does not read) or by hash (a file the scan hashed, as it does
+    every file with --explain)."""
     site.image("moving.png", 60)
     path = site.root / "moving.png"
 
@@ -428,12 +438,13 @@ def test_a_file_changed_after_the_scan_is_not_sent(site: Site, hook: Hook, chang
             }[change]
         )
 
-    hook.actions["ListInputs"] = after_the_scan(site, ["moving.png"], rewrite)
+    hook.actions["ListInputs"] = after_the_scan(rewrite)
 
-    first = json.loads(reconcile(site, "--json").stdout)
+    first = json.loads(reconcile(site, "--json", *flags).stdout)
 
     assert "changed since it was scanned" in dict(first["skipped"])["moving.png"]
     assert first["added"] == GOOD  # the site's good images; moving.png is not among them
+    assert first["files_hashed"] == GOOD + (1 if flags else 0)
 
 
 def test_text_report_names_a_file_changed_between_scan_and_read(site: Site, hook: Hook) -> None:
@@ -441,9 +452,7 @@ def test_text_report_names_a_file_changed_between_scan_and_read(site: Site, hook
     and the reason, so the exit code 1 is explained."""
     site.image("moving.png", 60)
     hook.actions["ListInputs"] = after_the_scan(
-        site,
-        ["moving.png"],
-        lambda: (site.root / "moving.png").write_bytes(png_bytes(8, 8, seed=600)),
+        lambda: (site.root / "moving.png").write_bytes(png_bytes(8, 8, seed=600))
     )
 
     result = reconcile(site)

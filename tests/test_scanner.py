@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from images import jpeg_bytes, make_tiff, png_bytes, write_image
+from images import (
+    bmp_bytes,
+    gif_bytes,
+    jpeg_bytes,
+    make_tiff,
+    png_bytes,
+    tiff_bytes,
+    webp_bytes,
+    write_image,
+)
 from structlog.testing import capture_logs
 
 from syncd.model import FileStat, Labels, derive_input_id
@@ -28,6 +37,8 @@ from syncd.scanner import (
     HASH_CHUNK,
     KnownFile,
     ScanResult,
+    judge_bytes,
+    read_deferred,
     scan,
 )
 from syncd.sidecar import SIDECAR_MAX_BYTES
@@ -352,6 +363,109 @@ def test_hash_only_what_changed(tmp_path: Path) -> None:
     assert (
         new.hashed and new.sha256 == hashlib.sha256((tmp_path / "b.png").read_bytes()).hexdigest()
     )
+
+
+# --- new images deferred to the add that sends them -------------------------------------------
+
+
+def test_deferred_scan_reads_no_new_image(tmp_path: Path) -> None:
+    """With `defer_new`, an image the ledger has no hash for is not read: it comes out
+    deferred (no hash, no problem yet, no file record), whatever its bytes. Images the scan
+    must judge now are still read: one whose sidecar is invalid (held, its file problem
+    named too), an oversized one, and a known one whose stat changed."""
+    write_image(tmp_path / "new.jpg")
+    write_image(tmp_path / "labelled.png")
+    write(tmp_path / "labelled.json", '{"concepts": ["cat"]}')
+    write(tmp_path / "garbage.png", b"not an image at all")
+    write(tmp_path / "bad-sidecar.png", b"not an image either")
+    write(tmp_path / "bad-sidecar.json", "{")
+    write(tmp_path / "huge.png", png_bytes(3, 3) + b"\0" * 300)
+    write_image(tmp_path / "known.png")
+    known = known_from(run(tmp_path))
+    known = {"known.png": known["known.png"]}
+    write_image(tmp_path / "known.png", png_bytes(4, 4, tag="changed"))
+
+    opener = Opener(tmp_path)
+    result = run(tmp_path, known=known, open_file=opener, defer_new=True, max_file_bytes=200)
+    images = result.snapshot.images
+
+    assert sorted(opener.opened) == [
+        "bad-sidecar.json",
+        "bad-sidecar.png",
+        "known.png",
+        "labelled.json",
+    ]
+    for name in ("new.jpg", "labelled.png", "garbage.png"):
+        image = images[name]
+        assert image.deferred and image.sha256 is None and image.problem is None, image
+        assert not image.hashed
+    assert images["labelled.png"].labels == Labels((("cat", 1.0),))
+    assert "not an image" in (images["bad-sidecar.png"].problem or "")
+    assert "bad-sidecar.json" in (images["bad-sidecar.png"].problem or "")
+    assert "too large" in (images["huge.png"].problem or "")
+    assert images["known.png"].hashed and not images["known.png"].deferred
+    assert not any(
+        image.deferred
+        for name, image in images.items()
+        if name not in ("new.jpg", "labelled.png", "garbage.png")
+    )
+    recorded = {r.path for r in result.changed}
+    assert recorded == {"bad-sidecar.png", "huge.png", "known.png"}
+    assert result.stats.files_hashed == 2  # bad-sidecar.png and known.png
+
+
+def test_deferred_images_read_later_match_a_scan_that_read_them(tmp_path: Path) -> None:
+    """`read_deferred` gives a deferred image the hash, problem and file record a scan
+    without deferring would have given it, and counts it as hashed."""
+    write_image(tmp_path / "good.jpg")
+    write(tmp_path / "cut.png", png_bytes(4, 4)[:-8])
+    eager = run(tmp_path)
+    deferred = run(tmp_path, defer_new=True)
+
+    read, records, hashed, bytes_hashed = read_deferred(
+        tmp_path,
+        deferred.snapshot.images.values(),
+        max_file_bytes=20_000_000,
+        racy_from_ns=not_racy() - 2_000_000_000,
+    )
+
+    assert {img.path: img for img in read} == eager.snapshot.images
+    assert sorted(records, key=lambda r: r.path) == sorted(eager.changed, key=lambda r: r.path)
+    assert (hashed, bytes_hashed) == (eager.stats.files_hashed, eager.stats.bytes_hashed)
+
+
+JUDGED_SAMPLES = {
+    "png": png_bytes(5, 5),
+    "jpeg": jpeg_bytes(8, 8),
+    "gif": gif_bytes(),
+    "bmp": bmp_bytes(3, 2),
+    "tiff": tiff_bytes(),
+    "striped tiff": make_tiff("MM", 7, ifd_last=True),
+    "webp": webp_bytes(),
+    "jpeg past one read": jpeg_bytes(8, 8) + bytes(range(256)) * (HASH_CHUNK // 256 + 3),
+}
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(sorted(JUDGED_SAMPLES)),
+    cut=st.integers(0, 2**40),
+    whole=st.booleans(),
+    trailer=st.binary(max_size=40),
+)
+def test_judging_bytes_in_memory_agrees_with_the_scan(
+    tmp_path: Path, kind: str, cut: int, whole: bool, trailer: bytes
+) -> None:
+    """The add judges a deferred image's bytes in memory, in one piece (`judge_bytes`); the
+    scan reads a file in pieces. Whole, cut anywhere, or followed by other bytes, both give
+    the same hash and the same verdict."""
+    data = JUDGED_SAMPLES[kind]
+    data = (data if whole else data[: cut % (len(data) + 1)]) + trailer
+    path = write(tmp_path / "judged" / "x.png", data)
+    image = run(path.parent).snapshot.images["x.png"]
+    assert judge_bytes(data) == (image.sha256, image.problem)
 
 
 def test_untrusted_known_hash_is_not_reused(tmp_path: Path) -> None:
