@@ -252,12 +252,15 @@ class Engine:
 
     def _quick_check(self, options: PassOptions) -> _QuickCheck | None:
         """Walk the tree with stat only and compare it with the ledger's in-step marker; None
-        for scoped passes, for trees the quick walk does not model, and for dry runs when
-        there is no marker (nothing to compare with, and a dry run leaves none)."""
+        for scoped passes, for trees the quick walk does not model, for dry runs when there is
+        no marker (nothing to compare with, and a dry run leaves none), and for a ledger that
+        knows no file yet: its pass nearly always sends something (an initial sync), after
+        which it leaves no marker either. (One that sends nothing, a ledger rebuilt from the
+        remote, leaves none then: the next pass takes the full path and leaves it.)"""
         if options.scope is not None or not self.quick_check:
             return None
         marker = self.ledger.in_step_marker()
-        if marker is None and options.dry_run:
+        if marker is None and (options.dry_run or not self.ledger.has_files()):
             return None
         lines = _LinePrefetch(self.ledger)
         try:

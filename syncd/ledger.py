@@ -529,6 +529,11 @@ class Ledger:
         lines = self.clean_file_lines()
         return None if lines is None else lines_digest(lines)
 
+    def has_files(self) -> bool:
+        """Whether the file cache holds any row (False for a new ledger)."""
+        with self._reading() as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM files)").fetchone()[0] == 1
+
     def in_step_marker(self) -> dict[str, Any] | None:
         """The marker the last clean pass left, if no write has happened since."""
         raw = self.get_meta(IN_STEP_KEY)

@@ -412,6 +412,28 @@ def test_every_local_change_leaves_the_quick_path(
     assert _ops(full) == want
 
 
+def test_a_new_ledger_skips_the_walk_and_the_next_pass_leaves_the_marker(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """A ledger that knows no file has no marker to compare with, and its pass nearly always
+    sends something: it does not walk the tree first. Rebuilt from the remote (nothing to
+    send), that pass leaves no marker; the next one, on the full path, leaves it, and the
+    one after takes the quick path."""
+    site = _in_step_site(tmp_path, emu)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{site.ledger}{suffix}").unlink(missing_ok=True)
+
+    rebuilt = _pass(site)
+    assert rebuilt.exit_code == 0 and not rebuilt.planned and rebuilt.adopted == 13
+    with site.open_ledger() as ledger:
+        assert ledger.has_files() and ledger.in_step_marker() is None
+    full = _pass(site)
+    assert not full.quick_check and not full.planned and full.files_hashed == 0
+    with site.open_ledger() as ledger:
+        assert ledger.in_step_marker() is not None
+    assert _pass(site).quick_check
+
+
 def test_a_config_change_takes_the_full_path(tmp_path: Path, emu: Emulator) -> None:
     """Settings that shape the plan are part of the marker: turning on folder labels
     relabels every image although no file changed."""
