@@ -210,6 +210,7 @@ class Executor:
         payload.clear()  # the encoded images are not needed while the outcome is recorded
         updates: list[tuple[str, InputState, int | None, str | None, str | None]] = []
         duplicates: list[Operation] = []
+        added: list[str] = []
         for op, result in results:
             if result is None:
                 continue  # request-level failure, already noted; the intent stays `adding`
@@ -218,7 +219,7 @@ class Executor:
             elif result.ok:
                 state = state_for_code(result.code)
                 updates.append((op.input_id, state, result.code, result.description, None))
-                self.outcome.record(lambda o, i=op.input_id: o.added.append(i))
+                added.append(op.input_id)
             else:
                 reason = _reason(result)
                 updates.append(
@@ -229,6 +230,8 @@ class Executor:
                 )
                 log.warning("add_failed", path=op.path, input_id=op.input_id, reason=reason)
         self.ledger.set_input_states(updates)
+        if added:
+            self.outcome.record(lambda o: o.added.extend(added))
         for op in duplicates:
             self._adopt(op)
 

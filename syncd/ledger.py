@@ -237,8 +237,27 @@ ON CONFLICT(input_id) DO UPDATE SET
 _SET_INPUT_STATE = """
 UPDATE inputs SET state = ?, code = ?, description = ?, error = ?,
   attempts = CASE WHEN ? = 'processed' THEN 0 ELSE attempts END, updated_at = ?
-WHERE input_id = ?
-"""
+WHERE input_id IN """
+#: Ids bound in one UPDATE: well under SQLite's limit on bound parameters (999 before 3.32).
+_IDS_PER_UPDATE = 500
+
+
+def _placeholders(n: int) -> str:
+    return "(" + ",".join("?" * n) + ")"
+
+
+def _state_fields(
+    state: InputState | str,
+    code: int | None,
+    description: str | None,
+    error: str | None,
+    now: float,
+) -> tuple[Any, ...]:
+    """The values `_SET_INPUT_STATE` binds before the ids."""
+    value = InputState(state).value
+    return (value, code, _text_in(description), _text_in(error), value, now)
+
+
 _INPUT_COLUMNS = "input_id, path, state, sha256, concepts, metadata, code, description, error"
 
 
@@ -618,16 +637,28 @@ class Ledger:
         transaction; unknown ids are ignored. The rest of each row (path, hash, labels) is
         left as it is; attempts start over when an input is processed, as in `put_inputs`."""
         now = self._clock()
-        rows = [
-            (value, code, _text_in(description), _text_in(error), value, now, input_id)
-            for input_id, state, code, description, error in updates
-            for value in (InputState(state).value,)
-        ]
+        rows = list(updates)
         with self.transaction():
             conn = self._live()
             if rows:
                 conn.execute(_CLEAR_IN_STEP)
-            conn.executemany(_SET_INPUT_STATE, rows)
+            if len({row[0] for row in rows}) < len(rows):
+                # an id given twice (never, by the executor or the poll): one UPDATE per row,
+                # in order, since its history decides its attempts
+                for input_id, *outcome in rows:
+                    fields = _state_fields(*outcome, now)
+                    conn.execute(_SET_INPUT_STATE + "(?)", (*fields, input_id))
+                return
+            # one UPDATE per outcome shared by many inputs (a batch's adds, a poll page:
+            # nearly all alike), not one per input
+            groups: dict[tuple[Any, ...], list[str]] = {}
+            for input_id, *outcome in rows:
+                groups.setdefault(tuple(outcome), []).append(input_id)
+            for outcome, ids in groups.items():
+                fields = _state_fields(*outcome, now)
+                for at in range(0, len(ids), _IDS_PER_UPDATE):
+                    part = ids[at : at + _IDS_PER_UPDATE]
+                    conn.execute(_SET_INPUT_STATE + _placeholders(len(part)), (*fields, *part))
 
     def input(self, input_id: str) -> InputRecord | None:
         """The input with this id, or None."""

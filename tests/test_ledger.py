@@ -614,6 +614,54 @@ def test_attempts_are_kept_counted_and_reset(ledger: Ledger) -> None:
     assert ledger.attempts() == {}
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([f"i{k}" for k in range(8)] + ["unknown"]),
+            st.sampled_from([InputState.PENDING, InputState.PROCESSED, InputState.FAILED]),
+            st.sampled_from([None, 30000, 30001, 30002]),
+            st.sampled_from([None, "ok", "Download failed", "bad \udcff text"]),
+            st.sampled_from([None, "30002 Download failed"]),
+        ),
+        max_size=30,
+    )
+)
+def test_set_input_states_equals_one_update_per_row(
+    tmp_path_factory: pytest.TempPathFactory, updates: list
+) -> None:
+    """Outcomes shared by many inputs are written with one UPDATE each: the rows end exactly
+    as one UPDATE per row, in order, leaves them (last update of an id wins, unknown ids
+    ignored, attempts reset once processed), also past the ids bound per statement."""
+    folder = tmp_path_factory.mktemp("states")
+    ids = [f"i{k}" for k in range(8)]
+    rows = {}
+    for name in ("grouped", "one-by-one"):
+        with Ledger.open(folder / f"{name}.db", clock=lambda: 5.0) as ledger:
+            ledger.put_inputs(
+                [input_record(i, f"{i}.jpg", InputState.ADDING) for i in ids], attempt=True
+            )
+            if name == "grouped":
+                ledger.set_input_states(updates)
+            else:
+                for update in updates:
+                    ledger.set_input_states([update])
+            with ledger._reading() as conn:
+                rows[name] = conn.execute(
+                    "SELECT input_id, state, code, description, error, attempts, updated_at "
+                    "FROM inputs ORDER BY input_id"
+                ).fetchall()
+    assert rows["grouped"] == rows["one-by-one"]
+
+
+def test_set_input_states_past_the_ids_bound_per_statement(ledger: Ledger) -> None:
+    """More inputs with one outcome than one statement binds: every one is updated."""
+    ids = [f"id{k:05d}" for k in range(syncd.ledger._IDS_PER_UPDATE * 2 + 7)]
+    ledger.put_inputs(input_record(i, f"{i}.jpg", InputState.ADDING) for i in ids)
+    ledger.set_input_states((i, InputState.PENDING, 30001, "pending", None) for i in ids)
+    assert ledger.counts_by_state()["pending"] == len(ids)
+
+
 # --- transactions and threads ---------------------------------------------------------------
 
 
