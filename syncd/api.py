@@ -570,9 +570,9 @@ def _map_items(batch: list[dict[str, Any]], env: Envelope) -> list[ItemResult]:
         if item is None and not input_id and pos < len(items):
             item = items[pos]
         status = item.get("status") if item is not None else None
-        if isinstance(status, dict) and parse_code(status.get("code")) is not None:
-            code = parse_code(status.get("code"))
-            assert code is not None
+        code = parse_code(status.get("code")) if isinstance(status, dict) else None
+        if code is not None:
+            assert isinstance(status, dict)
             results.append(
                 ItemResult(
                     input_id or str(item.get("id") or ""),  # type: ignore[union-attr]

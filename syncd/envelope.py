@@ -5,6 +5,7 @@ transient, rejected), backoff and Retry-After. `syncd.api` does the HTTP around 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import random
@@ -243,9 +244,15 @@ class ItemResult:
     @property
     def duplicate(self) -> bool:
         """The id already exists remotely (possibly from an earlier attempt of this request)."""
-        if self.details == DUPLICATE_ID_DETAILS or self.code == 40010:
-            return True
-        return any(DUPLICATE_ID_PATTERN.search(t) for t in (self.details, self.description))
+        return _says_duplicate(self.code, self.description, self.details)
+
+
+@functools.lru_cache(maxsize=256)
+def _says_duplicate(code: int, description: str, details: str) -> bool:
+    # cached: the inputs of one answer nearly all share one status, and this runs per input
+    if details == DUPLICATE_ID_DETAILS or code == 40010:
+        return True
+    return any(DUPLICATE_ID_PATTERN.search(t) for t in (details, description))
 
 
 @dataclass(frozen=True, slots=True)
