@@ -310,6 +310,13 @@ class ClarifaiApi:
 
     def list_pages(self, *, per_page: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Every input as the remote lists it (raw JSON objects), one list per page."""
+        for items, _ in self.list_page_bodies(per_page=per_page):
+            yield items
+
+    def list_page_bodies(
+        self, *, per_page: int = 1000
+    ) -> Iterator[tuple[list[dict[str, Any]], bytes]]:
+        """`list_pages`, each page with the response body it came in."""
         if not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError(f"per_page must be within 1..{MAX_PER_PAGE}, got {per_page}")
         page = 1
@@ -317,7 +324,7 @@ class ClarifaiApi:
             params = [("page", str(page)), ("per_page", str(per_page))]
             env = self._call("list", "GET", "/inputs", params=params, accept={Verdict.ITEMS})
             items = env.items
-            yield items
+            yield items, env.raw
             if len(items) < per_page:
                 return
             page += 1

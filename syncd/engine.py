@@ -291,8 +291,8 @@ class Engine:
         if known is None:
             return False
         digest = quickcheck.ListingDigest()
-        for page in self.api.list_pages():
-            digest.update(page)
+        for _, body in self.api.list_page_bodies():
+            digest.update(body)
         if digest.hexdigest() != known[0]:
             # someone else changed the app: the full pass lists it again and folds it
             log.info("quick_check_remote_changed")
@@ -457,8 +457,8 @@ class Engine:
 
         def reduced() -> Iterator[RemoteInput]:
             nonlocal stopped
-            for page in self.api.list_pages():
-                digest.update(page)
+            for page, body in self.api.list_page_bodies():
+                digest.update(body)
                 for raw in page:
                     if stop.is_set():
                         stopped = True

@@ -121,6 +121,7 @@ class Envelope:
     details: str = ""
     body: dict[str, Any] | None = None  # None when the body is not a JSON object
     excerpt: str = ""  # start of a non-JSON body, for messages
+    raw: bytes = b""  # the body as received (a listing's digest is taken of it)
 
     @property
     def items(self) -> list[dict[str, Any]]:
@@ -149,6 +150,7 @@ def parse_envelope(http_status: int, content: bytes) -> Envelope:
         str(status.get("description") or ""),
         str(status.get("details") or ""),
         body,
+        raw=content,
     )
 
 

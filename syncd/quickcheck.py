@@ -297,21 +297,27 @@ def _fork_walker(walker: _Walker, folders: list[tuple[str, str]]) -> _Child | No
 class ListingDigest:
     """A digest of the remote's whole listing, page by page, as the remote sent it.
 
-    Each page's input objects are re-encoded exactly as parsed (not canonicalised): equal
-    digests mean the remote listed the very same inputs, labels, metadata and statuses. The
-    envelope around them (with its per-request `req_id`) is left out.
+    Each page's response body is taken byte for byte, less its request id (`status.req_id`,
+    the one part that differs on every request): equal digests mean the remote listed the
+    very same inputs, labels, metadata and statuses. (Re-encoding each page's parsed inputs
+    instead cost ~5 ms a page of 1,000, ~0.5 s of a no-op pass over 100,000.) A remote that
+    spells the same listing otherwise (a new server build's whitespace) only costs one
+    pass on the full path, which leaves a marker with the new digest.
     """
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-    def update(self, items: list[dict[str, Any]]) -> None:
-        self._hash.update(self._encode(items).encode("utf-8", "surrogatepass"))
+    def update(self, body: bytes) -> None:
+        self._hash.update(_REQ_ID.sub(b"", body, count=1))
         self._hash.update(b"\n")
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+#: The first `"req_id": "..."` member of a response body (the envelope's, which comes first).
+_REQ_ID = re.compile(rb'"req_id"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def changed_paths(

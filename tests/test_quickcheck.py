@@ -480,6 +480,51 @@ def test_a_remote_change_by_someone_else_takes_the_full_path(tmp_path: Path, emu
     assert after.quick_check and after.foreign == 1 and "someone-elses" in remote_inputs(emu)
 
 
+def test_listing_digest_ignores_only_the_request_id() -> None:
+    """Two answers that differ only in their request id digest alike, wherever the id is and
+    however it is spaced; any other difference (a label, a status, a page's order) does not."""
+
+    def body(req_id: str, concept: str = "cat", code: int = 30000, spaced: str = "") -> bytes:
+        status = f'"status":{{"code":{spaced}10000,"description":"Ok","req_id":"{req_id}"}}'
+        item = (
+            f'{{"id":"a","data":{{"concepts":[{{"id":"{concept}","value":1}}],'
+            f'"metadata":{{"req_id":"kept"}}}},"status":{{"code":{code}}}}}'
+        )
+        return f'{{{status},"inputs":[{item}]}}'.encode()
+
+    def digest(*bodies: bytes) -> str:
+        d = quickcheck.ListingDigest()
+        for b in bodies:
+            d.update(b)
+        return d.hexdigest()
+
+    same = digest(body("r1"), body("r2"))
+    assert digest(body("9f" * 16), body('e\\"scaped')) == same
+    spaced_id = body("r5").replace(b'"req_id":"r5"', b'"req_id" :  "r5"')
+    assert digest(spaced_id, body("r6")) == same
+    assert digest(body("r3", spaced=" "), body("r4")) != same  # other spacing: not equal
+    assert digest(body("r1", concept="dog"), body("r2")) != same
+    assert digest(body("r1", code=30002), body("r2")) != same
+    assert digest(body("r1")) != same  # one page less
+    assert b'"req_id":"kept"' in body("x")  # an input's own req_id key is not the envelope's
+
+
+def test_a_remote_listed_in_other_spelling_costs_one_full_pass(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """The listing's digest is taken of the answers' bytes: a remote that spells the same
+    inputs otherwise (say a new server build) sends one pass down the full path, which
+    plans nothing and leaves a marker for the new spelling."""
+    site = _in_step_site(tmp_path, emu)
+    with Ledger.open(site.ledger) as ledger:
+        marker = ledger.in_step_marker()
+        assert marker is not None
+        ledger.set_in_step_marker({**marker, "remote": "0" * 64})
+    other = _pass(site)
+    assert not other.quick_check and other.exit_code == 0 and not other.planned
+    assert _pass(site).quick_check
+
+
 def _png_b64() -> str:
     return base64.b64encode(png_bytes(8, 8, seed=7)).decode()
 
