@@ -154,6 +154,8 @@ def test_open_creates_schema_in_wal_mode(db_path: Path) -> None:
     """Opening a missing ledger creates its private directory, the file and the schema in WAL."""
     with Ledger.open(db_path) as ledger:
         assert ledger.get_meta("schema_version") == str(SCHEMA_VERSION)
+        with ledger._reading() as live:  # a pass's WAL is checkpointed every 32 MB
+            assert live.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 8192
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(db_path.stat().st_mode) & 0o077 == 0
     conn = sqlite3.connect(db_path)
