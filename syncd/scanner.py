@@ -244,7 +244,7 @@ class _Scan:
         self.listdir = options["listdir"]
         self.stat = options["stat"]
         self.open_file = options["open_file"]
-        self.defer_new: bool = options.get("defer_new", False)
+        self.defer_new: bool = options["defer_new"]
         self.images: dict[str, LocalImage] = {}
         self.records: dict[str, FileRecord] = {}
         self.orphans: dict[str, str] = {}
@@ -803,6 +803,7 @@ def read_deferred(
         listdir=os.scandir,
         stat=os.stat,
         open_file=None,
+        defer_new=False,
     )
     read: list[LocalImage] = []
     records: list[FileRecord] = []
