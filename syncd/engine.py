@@ -147,7 +147,7 @@ class Engine:
         blocked = self._blocked()
         self.progress.stage(
             "scan",
-            "reading the folder, hashing new and changed files"
+            "reading the folder, hashing changed files"
             + ("" if options.local_only else ", listing the remote"),
         )
         # a full pass folds the listing into the beliefs while the tree is scanned (the listing
