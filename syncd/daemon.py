@@ -429,10 +429,11 @@ class Daemon:
         elif self.batch and self._batch_due(now, self.config.sync.batch_size):
             paths = sorted(p for p in self.batch if p not in self.settler)  # changed again: wait
             size = self.config.sync.batch_size
-            if len(self.settler) and len(paths) > size and len(paths) % size:
-                # a burst is still settling: send whole batches now and let the remainder
-                # join the files still to come (at most one more window), so no partial
-                # request goes out in the middle of a burst
+            if len(self.settler) and len(self.batch) >= size and len(paths) % size:
+                # a burst (a whole batch of paths came at once) is still settling: send whole
+                # batches now and let the remainder join the files still to come (at most one
+                # more window), so no partial request goes out in the middle of a burst, even
+                # when some of its paths changed again and fewer than a batch are ready now
                 keep = paths[len(paths) // size * size :]
                 paths = paths[: len(paths) // size * size]
                 self.batch = {p: self.batch[p] for p in keep}

@@ -33,6 +33,7 @@ from syncd.engine import SyncReport
 from syncd.errors import AuthError, TransientError
 from syncd.model import derive_input_id
 from syncd.sample import png_bytes
+from syncd.watcher import Change
 
 TIMEOUT = 15.0
 SOURCE = "pets"
@@ -768,6 +769,70 @@ def test_lost_events_trigger_a_full_local_rescan(tmp_path: Path) -> None:
     catchup, rescan = engine.options
     assert (catchup.kind, catchup.scope, catchup.local_only) == ("catchup", None, True)
     assert (rescan.kind, rescan.scope, rescan.local_only) == ("rescan", None, True)
+
+
+def _batching_daemon(tmp_path: Path) -> tuple[Daemon, list[tuple[str, ...]]]:
+    """A daemon whose passes are only recorded (scope of each), for its batching decisions."""
+    root = tmp_path / "data"
+    root.mkdir(exist_ok=True)
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "source.root": str(root),
+            "ledger.path": str(tmp_path / "l"),
+            "sync.batch_size": 4,
+        },
+    )
+    engine = FlakyEngine(TransientError("unused"), failures=0)
+    daemon = Daemon(config, engine_factory=lambda _c: engine, environ={})
+    daemon.ready_sent = True  # past the catch-up pass
+    daemon.full_local = None
+    started: list[tuple[str, ...]] = []
+    daemon._start_pass = lambda _now, _kind, scope, **_kw: started.append(scope)  # type: ignore[method-assign]
+    return daemon, started
+
+
+@pytest.mark.parametrize(
+    ("ready", "changed_again", "sent", "kept"),
+    [
+        (10, 0, 8, 2),  # whole batches now, the remainder waits for the rest of the burst
+        (4, 1, 0, 3),  # a batch's worth came, one changed again: no partial request yet
+        (8, 0, 8, 0),  # exactly whole batches: all of them
+    ],
+)
+def test_a_burst_still_settling_sends_only_whole_batches(
+    tmp_path: Path, ready: int, changed_again: int, sent: int, kept: int
+) -> None:
+    """While files of a burst are still settling, a pass takes only whole batches of the
+    paths ready (batch_size 4 here), even when some of a batch's worth changed again; the
+    rest joins the files still to come."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    paths = [f"b/{i:02d}.png" for i in range(ready)]
+    daemon.batch = dict.fromkeys(paths, now)
+    daemon.batch_started = now
+    daemon.settler.note(Change("b/still-writing.png", now))
+    for path in paths[:changed_again]:
+        daemon.settler.note(Change(path, now))
+
+    daemon._start_next(now)
+
+    ready_now = paths[changed_again:]
+    assert started == ([tuple(ready_now[:sent])] if sent else [])
+    assert sorted(daemon.batch) == ready_now[sent:] and len(daemon.batch) == kept
+
+
+def test_a_partial_batch_goes_out_once_the_burst_has_settled(tmp_path: Path) -> None:
+    """With nothing left settling, or only a trickle (fewer than a batch), the paths ready go
+    out at once, partial batch or not: holding them would only add latency."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    daemon.batch = {"a.png": now - 2, "b.png": now - 2, "c.png": now - 2}
+    daemon.batch_started = now - 2  # the window has passed
+    daemon.settler.note(Change("d.png", now))  # a trickle still settling
+    daemon._start_next(now)
+    assert started == [("a.png", "b.png", "c.png")] and daemon.batch == {}
 
 
 def test_backoff_doubles_to_a_cap_and_honours_retry_after() -> None:
