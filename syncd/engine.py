@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -368,7 +369,7 @@ class Engine:
         """Run one round of operations; returns how many replacement deletes were sent."""
         # adds in path order (the plan is in id order, ids being hashes): the file rows they
         # write go into the ledger's path index in order, not at random places all over it
-        adds = sorted((op for op in ops if op.kind is OpKind.ADD), key=_path_of_op)
+        adds = sorted((op for op in ops if op.kind is OpKind.ADD), key=attrgetter("path"))
         patches = [op for op in ops if op.kind is OpKind.PATCH]
         replaces = [op for op in ops if op.kind is OpKind.DELETE and op.replace]
         deletes = [op for op in ops if op.kind is OpKind.DELETE and not op.replace]
@@ -921,10 +922,6 @@ def _without_labels(op: Operation) -> Operation:
     if op.labels is None and op.remove is None and op.merge is None:
         return op
     return Operation(op.kind, op.input_id, op.path, op.reason, op.sha256, replace=op.replace)
-
-
-def _path_of_op(op: Operation) -> str:
-    return op.path
 
 
 def _delete_op(belief: InputRecord) -> Operation:

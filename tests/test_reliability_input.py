@@ -387,7 +387,7 @@ def _pass_waits_for_listing() -> bool:
 
 
 def test_file_rewritten_or_deleted_between_scan_and_read(site: Site, hook: Hook) -> None:
-    """A file rewritten after the scan hashed it is not sent with bytes that do not match its
+    """A new file rewritten after the scan saw it is not sent with bytes that do not match its
     scan (message: "changed since it was scanned"), a file deleted meanwhile is skipped as
     unreadable; both are named in the report, nothing else is blocked, and the next pass sends
     the new bytes and forgets the deleted file."""

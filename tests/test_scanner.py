@@ -35,6 +35,7 @@ from syncd.scanner import (
     DEFAULT_EXCLUDE,
     DEFAULT_INCLUDE,
     HASH_CHUNK,
+    RACY_WINDOW_NS,
     KnownFile,
     ScanResult,
     judge_bytes,
@@ -426,7 +427,7 @@ def test_deferred_images_read_later_match_a_scan_that_read_them(tmp_path: Path) 
         tmp_path,
         deferred.snapshot.images.values(),
         max_file_bytes=20_000_000,
-        racy_from_ns=not_racy() - 2_000_000_000,
+        racy_from_ns=not_racy() - RACY_WINDOW_NS,
     )
 
     assert {img.path: img for img in read} == eager.snapshot.images
