@@ -49,7 +49,8 @@ log = structlog.get_logger(__name__)
 #: Seconds an in-flight job may take to finish after SIGTERM before it is abandoned.
 STOP_BOUND = 20.0
 #: A batch is flushed this many seconds after the first event of its first path (or at once
-#: when it holds `batch_size` paths).
+#: when it holds `batch_size` paths). In a burst, the part of a batch left over is held for
+#: the files still settling at most this long after the last request went out.
 BATCH_WINDOW = 1.0
 #: Backoff after a failed pass: doubles from BACKOFF_START up to BACKOFF_CAP (jittered).
 BACKOFF_START = 1.0
@@ -245,6 +246,7 @@ class Daemon:
         # work waiting to be done
         self.batch: dict[str, float] = {}
         self.batch_started: float | None = None
+        self.held_since: float | None = None  # a burst's partial batch waits for its rest
         self.subtrees: dict[str, str] = {}
         self.full_local: str | None = "catch-up"  # reason for a full stat-only pass
         self.next_rescan = float("inf")
@@ -427,30 +429,49 @@ class Daemon:
             self.subtrees.clear()
             self._start_pass(now, "subtree", scope)
         elif self.batch and self._batch_due(now, self.config.sync.batch_size):
-            paths = sorted(p for p in self.batch if p not in self.settler)  # changed again: wait
-            size = self.config.sync.batch_size
-            if len(self.settler) and len(self.batch) >= size and len(paths) % size:
-                # a burst (a whole batch of paths came at once) is still settling: send whole
-                # batches now and let the remainder join the files still to come (at most one
-                # more window), so no partial request goes out in the middle of a burst, even
-                # when some of its paths changed again and fewer than a batch are ready now
-                keep = paths[len(paths) // size * size :]
-                paths = paths[: len(paths) // size * size]
-                self.batch = {p: self.batch[p] for p in keep}
-                self.batch_started = now
-            else:
-                self.batch.clear()
-                self.batch_started = None
-            if paths:
-                self._start_pass(now, "watch", tuple(paths))
+            self._send_batch(now, self.config.sync.batch_size)
         elif self._rescan_due(now):
             self._start_pass(now, "rescan", None, local_only=False)
         elif self.pending_remote and now >= self.next_poll:
             self._start_poll(now)
 
+    def _send_batch(self, now: float, size: int) -> None:
+        """Start a watch pass over the paths ready, in whole batches while a burst settles.
+
+        A burst is known by a whole batch of paths being ready, or able to form with the
+        paths still settling. Then only whole batches go, oldest paths first, and the rest
+        waits for the files to come, so no partial request goes out mid-burst. It waits at
+        most BATCH_WINDOW after the last request, and not at all once nothing is settling.
+        A trickle (fewer than a batch in all) goes at once: holding it would only add latency.
+        """
+        ready = [p for p in self.batch if p not in self.settler]  # changed again: wait
+        whole = len(ready) - len(ready) % size
+        rest, settling = len(ready) - whole, len(self.settler)
+        burst = whole > 0 or rest + settling >= size
+        hold_expired = self.held_since is not None and now - self.held_since >= BATCH_WINDOW
+        if rest and settling and burst and not hold_expired:
+            sent, kept = ready[:whole], ready[whole:]
+            self.batch = {p: self.batch[p] for p in kept}
+            if sent or self.held_since is None:
+                self.held_since = now
+        else:
+            sent = ready
+            self.batch.clear()
+            self.batch_started = self.held_since = None
+        if sent:
+            self._start_pass(now, "watch", tuple(sorted(sent)))
+
     def _batch_due(self, now: float, batch_size: int) -> bool:
-        started = self.batch_started if self.batch_started is not None else now
-        return len(self.batch) >= batch_size or now - started >= BATCH_WINDOW
+        if len(self.batch) >= batch_size:
+            return True
+        if self.held_since is not None:  # a burst's rest: until nothing settles, or the hold ends
+            return not self.settler or now >= self._batch_deadline(now)
+        return now >= self._batch_deadline(now)
+
+    def _batch_deadline(self, now: float) -> float:
+        """When the batch goes out even if it is not full."""
+        start = self.held_since if self.held_since is not None else self.batch_started
+        return (now if start is None else start) + BATCH_WINDOW
 
     def _rescan_due(self, now: float) -> bool:
         if now < self.next_rescan:
@@ -481,7 +502,7 @@ class Daemon:
             self.full_local = None
             self.subtrees.clear()
             self.batch.clear()
-            self.batch_started = None
+            self.batch_started = self.held_since = None
         ledger_kind = {"catchup": "catchup", "watch": "watch", "subtree": "watch"}.get(
             kind, "rescan"
         )
@@ -756,8 +777,8 @@ class Daemon:
             nxt = self.settler.next_check(now)
             if nxt is not None:
                 deadlines.append(nxt)
-            if self.batch_started is not None:
-                deadlines.append(self.batch_started + BATCH_WINDOW)
+            if self.batch:
+                deadlines.append(self._batch_deadline(now))
             deadlines.append(self.next_rescan)
             if self.pending_remote:
                 deadlines.append(self.next_poll)

@@ -27,13 +27,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from syncd.config import load_config
-from syncd.daemon import Backoff, Daemon, Throttle, merge_reload
+from syncd.daemon import BATCH_WINDOW, Backoff, Daemon, Throttle, merge_reload
 from syncd.emulator import Emulator
 from syncd.engine import SyncReport
 from syncd.errors import AuthError, TransientError
 from syncd.model import derive_input_id
 from syncd.sample import png_bytes
-from syncd.watcher import Change
+from syncd.watcher import Change, Settler
 
 TIMEOUT = 15.0
 SOURCE = "pets"
@@ -823,16 +823,82 @@ def test_a_burst_still_settling_sends_only_whole_batches(
     assert sorted(daemon.batch) == ready_now[sent:] and len(daemon.batch) == kept
 
 
-def test_a_partial_batch_goes_out_once_the_burst_has_settled(tmp_path: Path) -> None:
-    """With nothing left settling, or only a trickle (fewer than a batch), the paths ready go
-    out at once, partial batch or not: holding them would only add latency."""
+def test_a_partial_batch_goes_out_at_once_in_a_trickle(tmp_path: Path) -> None:
+    """With only a trickle still settling (fewer than a batch with the paths ready), the
+    paths ready go out at once, partial batch or not: holding them would only add latency."""
     daemon, started = _batching_daemon(tmp_path)
     now = time.monotonic()
-    daemon.batch = {"a.png": now - 2, "b.png": now - 2, "c.png": now - 2}
+    daemon.batch = {"a.png": now - 2, "b.png": now - 2}
     daemon.batch_started = now - 2  # the window has passed
-    daemon.settler.note(Change("d.png", now))  # a trickle still settling
+    daemon.settler.note(Change("c.png", now))  # 2 ready + 1 settling < batch_size 4
     daemon._start_next(now)
-    assert started == [("a.png", "b.png", "c.png")] and daemon.batch == {}
+    assert started == [("a.png", "b.png")] and daemon.batch == {}
+    assert daemon.held_since is None
+
+
+def _still_settling(daemon: Daemon, names: list[str], now: float) -> None:
+    daemon.settler = Settler(daemon.config.source.root, daemon.config.sync.settle_seconds)
+    for name in names:
+        daemon.settler.note(Change(name, now))
+
+
+def _held_burst(tmp_path: Path) -> tuple[Daemon, list[tuple[str, ...]], float]:
+    """Two paths ready and three still settling (batch_size 4): a batch can form, so the
+    two are held for the rest of the burst rather than sent as a partial request."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    daemon.batch = {"a.png": now - 2, "b.png": now - 2}
+    daemon.batch_started = now - 2
+    for name in ("c.png", "d.png", "e.png"):
+        daemon.settler.note(Change(name, now))
+    daemon._start_next(now)
+    assert started == [] and list(daemon.batch) == ["a.png", "b.png"]
+    assert daemon.held_since == now
+    return daemon, started, now
+
+
+def test_a_burst_holds_its_first_paths_until_a_whole_batch_is_ready(tmp_path: Path) -> None:
+    """The first paths of a burst to settle wait for a batch's worth (the bench's 5,000-file
+    burst sent partial requests whenever fewer than a batch were ready after a pass)."""
+    daemon, started, now = _held_burst(tmp_path)
+    assert daemon._batch_deadline(now) == now + BATCH_WINDOW  # its wake-up, not a busy wait
+    _still_settling(daemon, ["e.png"], now)  # two more settled: a whole batch
+    daemon.batch.update({"c.png": now - 1, "d.png": now - 1})
+    daemon._start_next(now + 0.1)
+    assert started == [("a.png", "b.png", "c.png", "d.png")] and daemon.batch == {}
+
+
+def test_a_held_batch_goes_once_nothing_is_settling(tmp_path: Path) -> None:
+    """When the files still settling turn out to be fewer (deleted, ignored), the held rest
+    goes as soon as nothing is left settling, not at the end of the hold."""
+    daemon, started, now = _held_burst(tmp_path)
+    _still_settling(daemon, [], now)
+    daemon._start_next(now + 0.1)
+    assert started == [("a.png", "b.png")] and daemon.batch == {} and daemon.held_since is None
+
+
+def test_a_held_batch_waits_at_most_one_window(tmp_path: Path) -> None:
+    """Files that keep changing cannot hold the rest of a burst for ever: one window after
+    the last request it goes, partial or not."""
+    daemon, started, now = _held_burst(tmp_path)
+    daemon._start_next(now + BATCH_WINDOW - 0.01)
+    assert started == []
+    daemon._start_next(now + BATCH_WINDOW)
+    assert started == [("a.png", "b.png")] and daemon.batch == {}
+
+
+def test_whole_batches_take_the_oldest_paths_first(tmp_path: Path) -> None:
+    """During a long burst the rest held back is always the newest paths, so no path waits
+    behind later ones whatever its name."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    names = ["z.png", "y.png", "x.png", "w.png", "a.png", "b.png"]  # in the order they settled
+    daemon.batch = dict.fromkeys(names, now - 2)
+    daemon.batch_started = now - 2
+    daemon.settler.note(Change("still-writing.png", now))
+    daemon._start_next(now)
+    assert started == [("w.png", "x.png", "y.png", "z.png")]
+    assert list(daemon.batch) == ["a.png", "b.png"] and daemon.held_since == now
 
 
 def test_backoff_doubles_to_a_cap_and_honours_retry_after() -> None:
