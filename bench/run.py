@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         default="1,3,4,5,6",
         help="items to run (1 includes 2 and 7@100k; 3 includes 7@10k)",
     )
-    parser.add_argument("--runs", type=int, help="runs per measurement (default 3)")
+    parser.add_argument("--runs", type=int, help="runs per measurement (default 5)")
     parser.add_argument(
         "--scale",
         type=int,

@@ -54,7 +54,7 @@ class Sizes:
     burst_files: int = 5_000
     ceiling_files: int = 20_000
     growth: tuple[int, ...] = (10_000, 100_000)
-    runs: int = 3
+    runs: int = 5
 
     @classmethod
     def quick(cls) -> Sizes:
