@@ -247,6 +247,7 @@ class Daemon:
         self.batch: dict[str, float] = {}
         self.batch_started: float | None = None
         self.held_since: float | None = None  # a burst's partial batch waits for its rest
+        self.batch_dirs: set[str] = set()  # the folders in the batch (scanned whole)
         self.subtrees: dict[str, str] = {}
         self.full_local: str | None = "catch-up"  # reason for a full stat-only pass
         self.next_rescan = float("inf")
@@ -402,9 +403,11 @@ class Daemon:
                 self._want_full(reason)
             else:
                 self.subtrees.setdefault(path, reason)
-        for path, first in self.settler.take_ready(now):
+        for path, first, is_dir in self.settler.take_ready(now):
             # the batch window counts from the first event, not from when its path settled
             self.batch.setdefault(path, first)
+            if is_dir:
+                self.batch_dirs.add(path)
             started = self.batch_started
             self.batch_started = first if started is None else min(started, first)
 
@@ -438,26 +441,37 @@ class Daemon:
     def _send_batch(self, now: float, size: int) -> None:
         """Start a watch pass over the paths ready, in whole batches while a burst settles.
 
-        A burst is known by a whole batch of paths being ready, or able to form with the
-        paths still settling. Then only whole batches go, oldest paths first, and the rest
-        waits for the files to come, so no partial request goes out mid-burst. It waits at
-        most BATCH_WINDOW after the last request, and not at all once nothing is settling.
-        A trickle (fewer than a batch in all) goes at once: holding it would only add latency.
+        A burst is known by a whole batch of files being ready, or able to form with the
+        paths still settling, and lasts while files settle within BATCH_WINDOW of its last
+        request. Then only whole batches go, oldest files first, and the rest waits for the
+        files to come, so no partial request goes out mid-burst. It waits at most
+        BATCH_WINDOW after the last request, and not at all once nothing is settling. A
+        trickle (fewer than a batch in all) goes at once: holding it would only add latency.
+        Folders do not count towards a batch and wait while files are held: a folder's pass
+        scans it whole, so it would send its held files with the batch, one request too many.
         """
         ready = [p for p in self.batch if p not in self.settler]  # changed again: wait
-        whole = len(ready) - len(ready) % size
-        rest, settling = len(ready) - whole, len(self.settler)
-        burst = whole > 0 or rest + settling >= size
+        files = [p for p in ready if p not in self.batch_dirs]
+        whole = len(files) - len(files) % size
+        rest, settling = len(files) - whole, len(self.settler)
         hold_expired = self.held_since is not None and now - self.held_since >= BATCH_WINDOW
+        # a burst goes on while whole batches went within the window and files still settle,
+        # so its last few files wait for each other too
+        going_on = self.held_since is not None and not hold_expired
+        burst = whole > 0 or rest + settling >= size or going_on
         if rest and settling and burst and not hold_expired:
-            sent, kept = ready[:whole], ready[whole:]
-            self.batch = {p: self.batch[p] for p in kept}
+            sent = files[:whole]
+            kept = set(ready) - set(sent)
+            self.batch = {p: first for p, first in self.batch.items() if p in kept}
+            self.batch_dirs &= kept
             if sent or self.held_since is None:
                 self.held_since = now
         else:
             sent = ready
             self.batch.clear()
-            self.batch_started = self.held_since = None
+            self.batch_dirs.clear()
+            self.batch_started = None
+            self.held_since = now if sent and settling and burst and not hold_expired else None
         if sent:
             self._start_pass(now, "watch", tuple(sorted(sent)))
 
@@ -502,6 +516,7 @@ class Daemon:
             self.full_local = None
             self.subtrees.clear()
             self.batch.clear()
+            self.batch_dirs.clear()
             self.batch_started = self.held_since = None
         ledger_kind = {"catchup": "catchup", "watch": "watch", "subtree": "watch"}.get(
             kind, "rescan"

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from watchdog.events import (
@@ -167,6 +167,14 @@ Signature = tuple[int, int, int, int, int]  # (mode type, size, mtime_ns, ctime_
 _UNSEEN: Any = object()
 
 
+class Ready(NamedTuple):
+    """A settled path, when it was first queued, and whether it is a directory."""
+
+    path: str
+    first: float
+    is_dir: bool
+
+
 @dataclass
 class _Pending:
     changed: float  # last event, last observed stat change, or first look
@@ -220,10 +228,11 @@ class Settler:
 
     def ready(self, now: float) -> list[str]:
         """Look at every pending path once; remove and return those ready to be scanned."""
-        return [path for path, _first in self.take_ready(now)]
+        return [ready.path for ready in self.take_ready(now)]
 
-    def take_ready(self, now: float) -> list[tuple[str, float]]:
-        """As `ready()`, with the time of each path's first event (when it was first queued)."""
+    def take_ready(self, now: float) -> list[Ready]:
+        """As `ready()`, with the time of each path's first event (when it was first queued)
+        and whether it is a directory."""
         settled = {path for path, entry in self._pending.items() if self._settled(path, entry, now)}
         blocked: set[str] = set()
         for path, entry in self._pending.items():
@@ -239,7 +248,8 @@ class Settler:
             if is_sidecar_name(posixpath.basename(path)):
                 blocked.update(p for p in settled if path in sidecar_candidates(p))
         out = sorted(p for p in settled if p not in blocked)
-        return [(path, self._pending.pop(path).first) for path in out]
+        taken = [(path, self._pending.pop(path)) for path in out]
+        return [Ready(path, entry.first, entry.is_dir) for path, entry in taken]
 
     def next_check(self, now: float) -> float | None:
         """When `ready()` could next return something (None when nothing is pending)."""

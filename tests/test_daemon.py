@@ -376,6 +376,27 @@ def test_folder_created_with_files_at_once(
     wait_until(lambda: converged(emulator, expected), what="every file of the new tree")
 
 
+def test_a_burst_goes_out_in_whole_batches(
+    daemon: DaemonProcess, root: Path, emulator: Emulator
+) -> None:
+    """End to end, with a real watcher: files written over two seconds into new folders
+    (item 5's burst in bench/, scaled to batch_size 8: 203 files round-robin into 10 folders)
+    go out as full requests and one last partial one, 26 POSTs, each input once. The
+    batching decisions themselves are pinned by the tests after this one's section."""
+    # settle as long as the batch window (as in the bench): a settled path is due at once
+    daemon.settings["sync"].update(batch_size=8, settle_seconds=1.0)
+    daemon.start()
+    daemon.wait_event("daemon_ready")
+    burst = {f"burst/d{i % 10}/{i:03d}.png": image(2000 + i) for i in range(203)}
+    for rel, data in burst.items():
+        write(root / rel, data)
+        time.sleep(0.01)  # the writer's pace is the scenario, not a wait for the daemon
+    expected: dict[str, set[str]] = {rel: set() for rel in burst}
+    wait_until(lambda: converged(emulator, expected), what="the burst")
+    assert requests_of(emulator, "POST") == 26
+    assert set(posts(emulator).values()) == {1}
+
+
 def test_deletes(daemon: DaemonProcess, root: Path, emulator: Emulator) -> None:
     """Deleting a file, a sidecar and a folder removes inputs and labels remotely."""
     write(root / "a.png", image(1))
@@ -899,6 +920,72 @@ def test_whole_batches_take_the_oldest_paths_first(tmp_path: Path) -> None:
     daemon._start_next(now)
     assert started == [("w.png", "x.png", "y.png", "z.png")]
     assert list(daemon.batch) == ["a.png", "b.png"] and daemon.held_since == now
+
+
+def test_the_last_files_of_a_burst_wait_for_each_other(tmp_path: Path) -> None:
+    """After whole batches went, the burst's last few files (fewer than a batch with those
+    still settling) are held for each other rather than sent as they settle; once a window
+    has passed since the last request, files are a trickle again and go at once."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    daemon.batch = dict.fromkeys([f"b/{i}.png" for i in range(8)], now - 2)
+    daemon.batch_started = now - 2
+    daemon.settler.note(Change("b/8.png", now))
+    daemon.settler.note(Change("b/9.png", now))
+    daemon._start_next(now)  # two whole batches, two files still settling
+    assert len(started) == 1 and len(started[0]) == 8 and daemon.held_since == now
+    _still_settling(daemon, ["b/9.png"], now)
+    daemon.batch = {"b/8.png": now - 1}
+    daemon.batch_started = now - 1
+    daemon._start_next(now + 0.2)
+    assert len(started) == 1, "the tail of the burst waits for its last file"
+    _still_settling(daemon, [], now)
+    daemon.batch["b/9.png"] = now - 1
+    daemon._start_next(now + 0.3)
+    assert started[1:] == [("b/8.png", "b/9.png")] and daemon.held_since is None
+
+    daemon.batch = {"c.png": now + 2}  # later: a lone file, another still settling
+    daemon.batch_started = now + 2 - BATCH_WINDOW
+    daemon.settler.note(Change("d.png", now + 2))
+    daemon._start_next(now + 2)
+    assert started[2:] == [("c.png",)]
+
+
+def test_folders_wait_with_a_held_batch(tmp_path: Path) -> None:
+    """A folder's pass scans it whole, so it would send the files held back with it: while
+    files are held, the folders ready wait too (though they settled first), and they do not
+    count towards a batch."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    names = ["d", "g", "d/a.png", "d/b.png", "d/c.png", "d/e.png", "d/f.png"]  # as they settled
+    daemon.batch = dict.fromkeys(names, now - 2)
+    daemon.batch_dirs = {"d", "g"}
+    daemon.batch_started = now - 2
+    daemon.settler.note(Change("d/still-writing.png", now))
+    daemon._start_next(now)
+    assert started == [("d/a.png", "d/b.png", "d/c.png", "d/e.png")]
+    assert list(daemon.batch) == ["d", "g", "d/f.png"] and daemon.batch_dirs == {"d", "g"}
+    _still_settling(daemon, [], now)  # the burst is over: the rest and the folders go
+    daemon._start_next(now + 0.1)
+    assert started[1:] == [("d", "d/f.png", "g")]
+    assert daemon.batch == {} and daemon.batch_dirs == set()
+
+
+def test_a_folder_does_not_complete_a_batch(tmp_path: Path) -> None:
+    """Three files and a folder ready, one file settling (batch_size 4): not a whole batch of
+    files, so nothing goes yet; the four files go together once the last one settled."""
+    daemon, started = _batching_daemon(tmp_path)
+    now = time.monotonic()
+    daemon.batch = dict.fromkeys(["d", "d/a.png", "d/b.png", "d/c.png"], now - 2)
+    daemon.batch_dirs = {"d"}
+    daemon.batch_started = now - 2
+    daemon.settler.note(Change("d/e.png", now))
+    daemon._start_next(now)
+    assert started == [] and len(daemon.batch) == 4
+    _still_settling(daemon, [], now)
+    daemon.batch["d/e.png"] = now - 1
+    daemon._start_next(now + 0.1)
+    assert started == [("d", "d/a.png", "d/b.png", "d/c.png", "d/e.png")]
 
 
 def test_backoff_doubles_to_a_cap_and_honours_retry_after() -> None:

@@ -242,7 +242,25 @@ def test_take_ready_reports_when_a_path_was_first_queued(fs: FakeFs) -> None:
     s.note(Change("a.png", 5.0))
     s.note(Change("a.png", 5.5))
     assert s.take_ready(5.6) == []
-    assert s.take_ready(7.0) == [("a.png", 5.0)]
+    assert s.take_ready(7.0) == [("a.png", 5.0, False)]
+
+
+def test_take_ready_says_which_paths_are_folders(fs: FakeFs) -> None:
+    """A folder is known by its event or, when the event did not say (a move), by its stat:
+    the daemon batches files and scans folders whole."""
+    s = settler(fs)
+    fs.entries["new"] = "dir"
+    fs.entries["moved"] = "dir"
+    fs.entries["new/x.png"] = (1, 1)
+    s.note(Change("new", 0.0, is_dir=True))
+    s.note(Change("moved", 0.0))
+    s.note(Change("new/x.png", 0.0))
+    assert s.take_ready(0.0) == []  # first look
+    assert [(r.path, r.is_dir) for r in s.take_ready(2.0)] == [
+        ("moved", True),
+        ("new", True),
+        ("new/x.png", False),
+    ]
 
 
 def test_next_check_tracks_the_earliest_deadline(fs: FakeFs) -> None:
