@@ -136,6 +136,7 @@ class ClarifaiApi:
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        max_wait: float | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -156,6 +157,7 @@ class ClarifaiApi:
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._backoff = (backoff_base, backoff_cap)
+        self._max_wait = max_wait
         self._sleep, self._clock = sleep, clock
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -406,11 +408,20 @@ class ClarifaiApi:
                 floor = THROTTLED_BACKOFF_FLOOR if throttled else 0.0
                 with self._lock:
                     delay = backoff_delay(attempt, *self._backoff, self._rng, floor=floor)
-            self.stats.record_retry(throttled=throttled)
             own_not_before = self._clock() + delay
             if throttled:
                 with self._lock:  # pause every worker: do not hammer a throttling server
                     self._paused_until = max(self._paused_until, own_not_before)
+            if self._max_wait is not None and retry_after is not None and delay > self._max_wait:
+                # a wait this long is the caller's to make (the daemon's loop, which stays
+                # responsive and keeps its watchdog fed), not a sleep inside a request
+                cls = ThrottledError if throttled else TransientError
+                log.warning("api_wait_deferred", method=method, route=route, wait=round(delay, 1))
+                asked = f"the remote asked to wait {delay:.0f} s"
+                deferred = cls(f"{method} {route}: {asked}: {reason}")
+                deferred.retry_after = delay
+                raise self._fill(deferred, env)
+            self.stats.record_retry(throttled=throttled)
             log.info(
                 "api_retry",
                 method=method,
@@ -423,10 +434,17 @@ class ClarifaiApi:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait_turn(self, own_not_before: float) -> None:
-        """Sleep out this request's backoff and any global throttle pause, then take a token."""
+        """Sleep out this request's backoff and any global throttle pause, then take a token.
+
+        A pause longer than `max_wait` (another worker's answer asked for it) raises
+        ThrottledError at once, as that answer did."""
         with self._lock:
             target = max(own_not_before, self._paused_until)
         wait = target - self._clock()
+        if self._max_wait is not None and wait > self._max_wait:
+            paused = ThrottledError(f"the remote asked to wait {wait:.0f} s more")
+            paused.retry_after = wait
+            raise paused
         if wait > 0:
             self._sleep(wait)
             self.stats.record_wait(wait)

@@ -16,6 +16,7 @@ See docs/daemon.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -52,6 +53,9 @@ STOP_BOUND = 20.0
 #: when it holds `batch_size` paths). In a burst, the part of a batch left over is held for
 #: the files still settling at most this long after the last request went out.
 BATCH_WINDOW = 1.0
+#: The longest Retry-After a pass sleeps out inside a request; a longer one ends the pass and
+#: the loop waits it out (a sleep past STALL_SECONDS would look like a wedged pass).
+MAX_WAIT_IN_REQUEST = 30.0
 #: Backoff after a failed pass: doubles from BACKOFF_START up to BACKOFF_CAP (jittered).
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
@@ -224,7 +228,9 @@ class Daemon:
         if engine_factory is None:
             from syncd.engine import open_engine  # noqa: PLC0415 - keeps imports light for tests
 
-            engine_factory = open_engine
+            # a long Retry-After is waited out here, in the loop (which answers signals and
+            # feeds the watchdog), not asleep inside a request that looks stalled
+            engine_factory = functools.partial(open_engine, max_wait=MAX_WAIT_IN_REQUEST)
         self.config = config
         self._engine_factory = engine_factory
         self._reload_config = reload_config

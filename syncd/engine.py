@@ -831,8 +831,12 @@ def open_engine(
     explain: bool = False,
     rebuild_ledger: bool = False,
     progress: Progress | NoProgress | None = None,
+    max_wait: float | None = None,
 ) -> Engine:
-    """Credentials, ledger and API client for one process; the caller closes the ledger."""
+    """Credentials, ledger and API client for one process; the caller closes the ledger.
+
+    `max_wait`: the longest wait the client makes inside a request when the remote asks for
+    one (Retry-After); a longer one fails the request with the wait in `retry_after`."""
     key = resolve_api_key(config)  # also registers the key for redaction from logs
     if rebuild_ledger:
         moved = Ledger.move_aside(config.ledger.path)
@@ -845,7 +849,8 @@ def open_engine(
     except BaseException:
         ledger.close()
         raise
-    return Engine(config, ledger, LazyApi(config, key), explain=explain, progress=progress)
+    api = LazyApi(config, key, max_wait=max_wait)
+    return Engine(config, ledger, api, explain=explain, progress=progress)
 
 
 class LazyApi:
@@ -855,9 +860,10 @@ class LazyApi:
     with nothing to do) then never imports the HTTP stack: ~50 ms of a ~0.5 s start-up.
     """
 
-    def __init__(self, config: Config, key: ApiKey) -> None:
+    def __init__(self, config: Config, key: ApiKey, *, max_wait: float | None = None) -> None:
         self._config = config
         self._key = key
+        self._max_wait = max_wait
         self._api: Any = None
         self._lock = threading.Lock()
 
@@ -867,7 +873,7 @@ class LazyApi:
             if self._api is None:
                 from syncd.api import api_for  # noqa: PLC0415 - the point of this class
 
-                self._api = api_for(self._config, self._key)
+                self._api = api_for(self._config, self._key, max_wait=self._max_wait)
             return self._api
 
     @property

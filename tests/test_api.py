@@ -494,6 +494,53 @@ def test_a_throttle_pauses_later_requests_from_other_callers(scripted: Scripted)
     api.close()
 
 
+def test_a_wait_longer_than_max_wait_is_left_to_the_caller(scripted: Scripted) -> None:
+    """With `max_wait` (the daemon's client), a Retry-After longer than it is not slept out
+    inside the request: the request fails at once with the wait in `retry_after`, and so does
+    any later request while the pause holds, without being sent. A shorter one is waited out
+    as before."""
+    scripted.reply(429, {"status": {"code": 11005}}, {"Retry-After": "300"})
+    ft = FakeTime(frozen=True)
+    api = ClarifaiApi(
+        scripted.url,
+        SECRET,
+        max_requests_per_second=None,
+        max_wait=30.0,
+        sleep=ft.sleep,
+        clock=ft.clock,
+    )
+    with pytest.raises(ThrottledError, match="asked to wait 300 s") as info:
+        api.check_auth()
+    assert info.value.retry_after == 300.0 and info.value.http_status == 429
+    with pytest.raises(ThrottledError) as later:
+        api.check_auth()
+    assert later.value.retry_after == 300.0
+    assert ft.sleeps == [] and len(scripted.seen) == 1
+    api.close()
+
+    scripted.reply(503, {"status": {"code": 10020}}, {"Retry-After": "120"})
+    api = ClarifaiApi(scripted.url, SECRET, max_requests_per_second=None, max_wait=30.0)
+    with pytest.raises(TransientError) as failed:
+        api.check_auth()
+    assert not isinstance(failed.value, ThrottledError) and failed.value.retry_after == 120.0
+    api.close()
+
+    scripted.reply(429, {"status": {"code": 11005}}, {"Retry-After": "3"})
+    scripted.reply(200, OK)
+    ft = FakeTime()
+    api = ClarifaiApi(
+        scripted.url,
+        SECRET,
+        max_requests_per_second=None,
+        max_wait=30.0,
+        sleep=ft.sleep,
+        clock=ft.clock,
+    )
+    api.check_auth()
+    assert ft.sleeps == [3.0]
+    api.close()
+
+
 def test_a_5xx_retry_does_not_pause_other_callers(scripted: Scripted) -> None:
     """A server error delays only the request that met it."""
     scripted.reply(503, {"status": {"code": 10020}}, {"Retry-After": "3"})

@@ -24,6 +24,7 @@ from typing import Any
 
 import helpers
 import pytest
+import requests
 from structlog.testing import capture_logs
 
 from syncd.config import load_config
@@ -502,6 +503,36 @@ def test_emulator_down_for_a_while(
         emu.start()
         wait_until(lambda: converged(emu, {"a.png": set(), "b.png": {"bee"}}))
         assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def test_a_long_retry_after_is_waited_out_by_the_loop(
+    tmp_path: Path, root: Path, manual_emulator: Emulator
+) -> None:
+    """A 429 asking for 300 s ends the pass at once and the loop waits it out: asleep inside
+    the request, the pass looked stalled, and under systemd the watchdog killed a healthy
+    daemon (seen live). Meanwhile the daemon answers SIGTERM at once, with nothing in flight.
+    The emulator's clock stands still, so its one-second window, once full, stays full."""
+    emu = manual_emulator
+    emu.set_faults(throttle_rps=1, retry_after=300)
+    daemon = DaemonProcess(tmp_path, root, emu.url, emu.api_key)
+    try:
+        daemon.start()
+        daemon.wait_event("daemon_ready")
+        filled = requests.get(
+            f"{emu.url}/v2/inputs/status",
+            headers={"Authorization": f"Key {emu.api_key}"},
+            timeout=10,
+        )
+        assert filled.status_code == 200  # the window is full from now on
+        write(root / "a.png", image(1))
+        unavailable = daemon.wait_event("remote_unavailable")
+        assert unavailable["retry_in"] >= 300.0
+        assert daemon.events("api_wait_deferred")
+        assert daemon.stop() == 0
+        assert daemon.events("daemon_stopping")[-1]["in_flight"] is None
+        assert not daemon.events("shutdown_abandoned")
     finally:
         daemon.kill()
 
