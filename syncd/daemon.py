@@ -604,6 +604,8 @@ class Daemon:
                 self.batch_started = now - BATCH_WINDOW
             return
         self.passes += 1
+        if self.watcher is not None:
+            self.watcher.set_mounts(getattr(self.engine, "mount_points", ()))
         for key in ("added", "relabeled", "deleted"):
             self.totals[key] += getattr(report, key)
         self.totals["failed"] += len(report.failed)

@@ -53,6 +53,8 @@ log = structlog.get_logger(__name__)
 
 #: Ledger meta key holding ids that belong to someone else ({input id: reason}).
 BLOCKED_KEY = "blocked_ids"
+#: Ledger meta: the folders under the root that were mount points when last scanned.
+MOUNTS_KEY = "mount_points"
 #: How many times one pass re-plans after replacement deletes complete.
 MAX_ROUNDS = 3
 #: settled inputs written per ledger transaction while a poll round reads its pages
@@ -83,6 +85,9 @@ class Engine:
         self.explain = explain
         self.progress = progress or NoProgress()
         self._scan_started_ns = 0
+        #: the mount points under the root as the last scan left them (the daemon's watcher
+        #: restarts when one of them changes)
+        self.mount_points: frozenset[str] = frozenset()
 
     def close(self) -> None:
         """Close the HTTP session and release the ledger (and its process lock)."""
@@ -423,7 +428,8 @@ class Engine:
         # new images are read once, by the add that sends them (see `scan`), unless the pass
         # only looks (a dry run, --explain: they judge every file now) or sends URLs
         defer = not (options.dry_run or self.explain or self.config.source.url_base)
-        result = self._scan(known, options.scope, defer_new=defer)
+        mounts = self._known_mounts()
+        result = self._scan(known, options.scope, defer_new=defer, known_mounts=mounts)
         report.files_seen = result.stats.files_seen
         report.files_hashed = result.stats.files_hashed
         report.bytes_hashed = result.stats.bytes_hashed
@@ -443,7 +449,30 @@ class Engine:
                 scope=options.scope,
                 seen=(result.seen_paths() - deferred) | result.skipped.keys(),
             )
+            self._remember_mounts(mounts, result, options.scope)
         return result.snapshot
+
+    def _known_mounts(self) -> frozenset[str]:
+        raw = self.ledger.get_meta(MOUNTS_KEY)
+        return frozenset(json.loads(raw)) if raw else frozenset()
+
+    def _remember_mounts(
+        self, known: frozenset[str], result: ScanResult, scope: tuple[str, ...] | None
+    ) -> None:
+        """Keep the mount points the next scan checks: those seen now, those still missing
+        (unmounted), and, on a full scan, forget the others (their folder was removed, or
+        holds files of its own now) unless the scan could not look (under an unreadable
+        folder). A scoped scan only adds."""
+        now = set(result.mounts) | set(result.unmounted)
+        if scope is None:
+            unscanned = result.snapshot.unscanned
+            now |= {m for m in known if any(m.startswith(u + "/") for u in unscanned)}
+        else:
+            now |= known
+        self.mount_points = frozenset(now)
+        if now != known:  # set_meta ends the in-step marker: only on a change
+            log.info("mount_points_changed", mount_points=sorted(now))
+            self.ledger.set_meta(MOUNTS_KEY, json.dumps(sorted(now)))
 
     def list_remote(
         self, beliefs: Mapping[str, InputRecord], blocked: Mapping[str, str], stop: threading.Event
@@ -564,6 +593,7 @@ class Engine:
         scope: tuple[str, ...] | None,
         *,
         defer_new: bool = False,
+        known_mounts: frozenset[str] = frozenset(),
     ) -> ScanResult:
         src = self.config.source
         return scan(
@@ -577,6 +607,7 @@ class Engine:
             known=known,
             scope=scope,
             defer_new=defer_new,
+            known_mounts=known_mounts,
         )
 
     def _read_deferred(

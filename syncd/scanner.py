@@ -118,6 +118,10 @@ class ScanResult:
     changed: tuple[FileRecord, ...]
     stats: ScanStats
     skipped: Mapping[str, str] = field(default_factory=dict)
+    #: folders that are mount points (another file system than the root's), as scanned
+    mounts: frozenset[str] = frozenset()
+    #: folders given as `known_mounts` that are plain folders of the root's file system now
+    unmounted: frozenset[str] = frozenset()
 
     @property
     def files(self) -> tuple[FileRecord, ...]:
@@ -153,6 +157,7 @@ def scan(
     stat: Callable[[str], Any] = os.stat,
     open_file: Callable[..., Any] | None = None,
     defer_new: bool = False,
+    known_mounts: Iterable[str] = (),
 ) -> ScanResult:
     """Scan `root` (or only the relative paths in `scope`, files or directories) once.
 
@@ -162,6 +167,10 @@ def scan(
     `defer_new`: an image the ledger has no hash for, with valid labels, is not read here
     but marked `deferred` (no sha256, no file record): the add that sends it reads it once,
     then hashes and judges those bytes (`judge_bytes`), instead of reading it twice.
+
+    `known_mounts`: folders that were mount points in an earlier scan. One that is now a
+    plain folder of the root's file system (its disk unmounted, an empty folder left) is not
+    scanned, and nothing under it is judged missing: its files are not deleted remotely.
     """
     started = time.monotonic()
     walker = _Scan(
@@ -178,6 +187,7 @@ def scan(
         stat=stat,
         open_file=open_file,
         defer_new=defer_new,
+        known_mounts=frozenset(known_mounts),
     )
     log.debug("scan_started", root=display_path(os.fspath(root)), scoped=scope is not None)
     snapshot = walker.run(None if scope is None else [_normalize_scope(p) for p in scope])
@@ -245,6 +255,10 @@ class _Scan:
         self.stat = options["stat"]
         self.open_file = options["open_file"]
         self.defer_new: bool = options["defer_new"]
+        self.known_mounts: frozenset[str] = options["known_mounts"]
+        self.root_dev = -1
+        self.mounts: set[str] = set()
+        self.unmounted: set[str] = set()
         self.images: dict[str, LocalImage] = {}
         self.records: dict[str, FileRecord] = {}
         self.orphans: dict[str, str] = {}
@@ -258,6 +272,7 @@ class _Scan:
 
     def run(self, scope: list[str] | None) -> LocalSnapshot:
         root_id, problem = self._check_root()
+        self.root_dev = root_id[0]
         if problem is not None:
             log.warning("scan_root_problem", problem=problem)
             return LocalSnapshot(images={}, root_problem=problem, scope=_scope_tuple(scope))
@@ -292,7 +307,14 @@ class _Scan:
             scoped=snapshot.scope is not None,
         )
         records = tuple(self.records[p] for p in sorted(self.records))
-        return ScanResult(snapshot, records, stats, dict(sorted(self.skipped.items())))
+        return ScanResult(
+            snapshot,
+            records,
+            stats,
+            dict(sorted(self.skipped.items())),
+            frozenset(self.mounts),
+            frozenset(self.unmounted),
+        )
 
     def _check_root(self) -> tuple[tuple[int, int], str | None]:
         shown = display_path(self.root)
@@ -387,6 +409,8 @@ class _Scan:
                 return None
             if not statmod.S_ISDIR(st.st_mode):
                 return None
+            if self._is_unmounted(prefix, st.st_dev):
+                return None
             ancestors.add((st.st_dev, st.st_ino))
         return frozenset(ancestors)
 
@@ -470,7 +494,29 @@ class _Scan:
         except OSError as exc:
             self._unreadable_dir(rel, exc)
             return
+        if st.st_dev != self.root_dev:
+            # a mount point (the first folder of another file system on the way down)
+            if not entry.is_symlink() and not any(_under(rel, m) for m in self.mounts):
+                self.mounts.add(rel)
+        elif self._is_unmounted(rel, st.st_dev):
+            return
         listing.dirs[entry.name] = (st.st_dev, st.st_ino)
+
+    def _is_unmounted(self, rel: str, dev: int) -> bool:
+        """Whether `rel`, a mount point before, is an empty folder of the root's file system
+        now (what an unmount leaves): then it is not scanned and nothing under it is judged
+        missing. An unmounted disk is not a deleted dataset; removing the folder says it is,
+        and files put in it say it is an ordinary folder now."""
+        if dev != self.root_dev or rel not in self.known_mounts or not self._empty(rel):
+            return False
+        self.unmounted.add(rel)
+        self.unscanned.add(rel)
+        self.skipped[rel] = (
+            "a file system was mounted here and is not now: nothing in it is deleted "
+            "remotely; mount it again, or remove the folder to delete its inputs"
+        )
+        log.warning("scan_mount_missing", path=display_path(rel))
+        return True
 
     def _process(
         self,
@@ -707,6 +753,20 @@ class _Scan:
                 self.images[path] = replace(image, problem=problem)
                 log.warning("scan_input_id_conflict", path=display_path(path), problem=conflict)
 
+    def _empty(self, rel: str) -> bool:
+        """Whether the folder `rel` has no entries (True when it cannot be listed: the safe
+        side for `_is_unmounted`)."""
+        try:
+            handle = self.listdir(self._abs(rel))
+        except OSError:
+            return True
+        try:
+            return next(iter(handle), None) is None
+        finally:
+            close = getattr(handle, "close", None)
+            if close is not None:
+                close()
+
     def _unreadable_dir(self, rel: str, exc: OSError) -> None:
         """A folder that cannot be listed: nothing under it is judged missing, and it is
         reported (as skipped) with the reason."""
@@ -804,6 +864,7 @@ def read_deferred(
         stat=os.stat,
         open_file=None,
         defer_new=False,
+        known_mounts=frozenset(),
     )
     read: list[LocalImage] = []
     records: list[FileRecord] = []

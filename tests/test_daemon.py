@@ -554,6 +554,34 @@ def test_root_unmounted_pauses_deletes(
     assert requests_of(emulator, "DELETE") == 0
 
 
+def test_a_disk_mounted_in_the_root_is_watched_across_unmount_and_remount(
+    daemon: DaemonProcess, root: Path, emulator: Emulator
+) -> None:
+    """A real tmpfs mounted in a folder of the root: unmounted, its inputs stay and the
+    folder is reported; mounted again, files written into it are sent at once (the observer
+    is restarted onto the new file system; its watches had stayed on the old one)."""
+    nas = root / "nas"
+    nas.mkdir()
+    mount = ["mount", "-t", "tmpfs", "syncd-test", str(nas)]
+    if os.geteuid() != 0 or subprocess.run(mount, check=False).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        write(root / "a.png", image(1))
+        write(nas / "b.png", image(2))
+        daemon.start()
+        wait_until(lambda: converged(emulator, {"a.png": set(), "nas/b.png": set()}))
+        subprocess.run(["umount", str(nas)], check=True)
+        daemon.wait_event("scan_mount_missing")
+        subprocess.run(mount, check=True)
+        write(nas / "c.png", image(3))
+        expected = {"a.png": set(), "nas/b.png": set(), "nas/c.png": set()}
+        wait_until(lambda: converged(emulator, expected), what="the file in the remounted disk")
+        assert requests_of(emulator, "DELETE") == 0
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", str(nas)], check=False)
+
+
 def test_periodic_rescan_repairs_what_no_event_reported(
     daemon: DaemonProcess, root: Path, emulator: Emulator, client_for: Callable[..., Any]
 ) -> None:

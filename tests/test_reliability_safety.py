@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,51 @@ def test_lost_root_never_deletes(
     assert writes.deleted == []
     assert remote_view(emu) == before
     assert site.ledger_inputs() == beliefs
+
+
+def _mount_tmpfs(folder: Path) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "syncd-test", str(folder)], check=False)
+    return done.returncode == 0
+
+
+def _umount(folder: Path) -> None:
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_unmounted_inside_the_root_is_not_deleted(
+    tmp_path: Path, emu: Emulator, writes: Writes
+) -> None:
+    """A real file system mounted in a folder of the root, then unmounted (an empty folder
+    left): its inputs stay, whatever the delete limits, and the folder is reported. Files put
+    back after mounting again are in step; removing the folder deletes its inputs."""
+    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
+    nas = site.root / "nas"
+    if os.geteuid() != 0 or not _mount_tmpfs(nas):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        site.image("local.png", 1)
+        for i in range(3):
+            site.image(f"nas/{i}.png", 10 + i)
+        assert reconcile(site).exit_code == 0
+        before = remote_view(emu)
+        assert len(before) == 4
+
+        _umount(nas)
+        result = reconcile(site)
+        assert writes.deleted == [] and remote_view(emu) == before
+        assert "mounted here and is not now" in result.output
+
+        assert _mount_tmpfs(nas)
+        for i in range(3):
+            site.image(f"nas/{i}.png", 10 + i)
+        assert reconcile(site).exit_code == 0
+        assert writes.deleted == [] and remote_view(emu) == before
+    finally:
+        subprocess.run(["umount", str(nas)], check=False)
+    nas.rmdir()  # unmounted and removed: the user's word that the data is gone
+    assert reconcile(site).exit_code == 0
+    assert len(writes.deleted) == 3 and len(emu.store_snapshot()) == 1
 
 
 @pytest.mark.parametrize(

@@ -1158,3 +1158,80 @@ def test_scoped_scan_agrees_with_a_full_scan(tree: Path, scope: list[str]) -> No
         for sidecar in part.scope:
             if sidecar in full.orphan_sidecars:
                 assert part.orphan_sidecars[sidecar] == full.orphan_sidecars[sidecar]
+
+
+# --- mount points ----------------------------------------------------------------------------
+
+
+class _OnDevice:
+    """A stat result with another st_dev."""
+
+    def __init__(self, st: os.stat_result, dev: int) -> None:
+        self._st, self.st_dev = st, dev
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._st, name)
+
+
+def _stat_on_devices(tmp_path: Path, devices: dict[str, int]) -> Callable[[str], Any]:
+    """os.stat, with st_dev replaced for these folders and everything below them (a disk
+    mounted there), as only a privileged test could otherwise arrange."""
+
+    def stat(path: str) -> Any:
+        st = os.stat(path)
+        rel = os.path.relpath(path, tmp_path)
+        for folder, dev in devices.items():
+            if rel == folder or rel.startswith(folder + "/"):
+                return _OnDevice(st, dev)
+        return st
+
+    return stat
+
+
+def test_mount_points_are_found(tmp_path: Path) -> None:
+    """A folder on another file system than the root's is a mount point; folders below it
+    are not reported again."""
+    write_image(tmp_path / "local" / "a.jpg")
+    write_image(tmp_path / "nas" / "deep" / "b.jpg")
+    stat = _stat_on_devices(tmp_path, {"nas": 4242})
+    result = run(tmp_path, stat=stat)
+    assert result.mounts == frozenset({"nas"}) and result.unmounted == frozenset()
+    assert sorted(result.snapshot.images) == ["local/a.jpg", "nas/deep/b.jpg"]
+
+
+def test_an_unmounted_disk_is_not_judged_missing(tmp_path: Path) -> None:
+    """A known mount point that is an empty folder of the root's file system now (what an
+    unmount leaves) is not scanned: nothing under it is judged missing, and it is reported."""
+    write_image(tmp_path / "local" / "a.jpg")
+    (tmp_path / "nas").mkdir()
+    result = run(tmp_path, known_mounts=["nas"])
+    assert result.unmounted == frozenset({"nas"}) and result.mounts == frozenset()
+    assert result.snapshot.unscanned == ("nas",)
+    assert not result.snapshot.covers("nas/deep/b.jpg")
+    assert result.snapshot.covers("local/gone.jpg")
+    assert "mounted here and is not now" in result.skipped["nas"]
+
+    scoped = run(tmp_path, known_mounts=["nas"], scope=["nas/deep/b.jpg", "nas"])
+    assert scoped.snapshot.unscanned == ("nas",)
+    assert not scoped.snapshot.covers("nas/deep/b.jpg")
+
+
+def test_a_former_mount_point_with_files_of_its_own_is_an_ordinary_folder(
+    tmp_path: Path,
+) -> None:
+    """Files put in the folder (the disk's data copied onto the root's file system) say it
+    is an ordinary folder now: scanned, and its absent files judged missing as anywhere."""
+    write_image(tmp_path / "nas" / "b.jpg")
+    result = run(tmp_path, known_mounts=["nas"])
+    assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
+    assert sorted(result.snapshot.images) == ["nas/b.jpg"]
+    assert result.snapshot.covers("nas/gone.jpg")
+
+
+def test_a_mounted_disk_is_scanned_as_usual(tmp_path: Path) -> None:
+    """A known mount point that is mounted (another device) is scanned like any folder."""
+    write_image(tmp_path / "nas" / "b.jpg")
+    result = run(tmp_path, known_mounts=["nas"], stat=_stat_on_devices(tmp_path, {"nas": 7}))
+    assert result.mounts == frozenset({"nas"}) and result.unmounted == frozenset()
+    assert sorted(result.snapshot.images) == ["nas/b.jpg"]
+    assert result.snapshot.covers("nas/gone.jpg")
