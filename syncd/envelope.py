@@ -183,8 +183,13 @@ def classify(env: Envelope) -> Verdict:
         return Verdict.NOT_FOUND
     if http >= 500 or http == 408:
         return Verdict.TRANSIENT
-    if code is None and 200 <= http < 300 and env.body is not None:
-        return Verdict.OK
+    if code is None and 200 <= http < 300:
+        if env.body is not None:
+            return Verdict.OK
+        if not env.excerpt or env.excerpt.startswith("{"):
+            # empty, or JSON cut off: the answer was lost on the way, not refused (a retried
+            # add comes back as "duplicate ID" and is adopted); a page of HTML is refused
+            return Verdict.TRANSIENT
     return Verdict.REJECTED
 
 

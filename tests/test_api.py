@@ -160,6 +160,8 @@ ITEM = [{"id": "a", "status": {"code": 30104, "details": "Input has a duplicate 
         (_env(404), Verdict.NOT_FOUND),
         (_env(404, text="<html>no such page</html>"), Verdict.REJECTED),
         (_env(200, text="<html>captive portal</html>"), Verdict.REJECTED),
+        (_env(200, text=""), Verdict.TRANSIENT),  # the answer lost on the way
+        (_env(200, text='{"status": {"code": 10000}, "inpu'), Verdict.TRANSIENT),  # cut off
         (_env(200), Verdict.OK),  # JSON without a status on a 2xx
         (_env(400, 11100), Verdict.REJECTED),
         (_env(400, 40033), Verdict.REJECTED),
@@ -491,6 +493,24 @@ def test_a_throttle_pauses_later_requests_from_other_callers(scripted: Scripted)
     api.check_auth()
     assert ft.sleeps == [3.0, 3.0]
     assert api.stats.throttled == 1 and api.stats.retries == 1
+    api.close()
+
+
+def test_an_answer_lost_on_the_way_is_retried_not_bisected(scripted: Scripted) -> None:
+    """A 200 whose body is empty or cut off (a proxy, a dropped connection) is retried as
+    the same request; the retried add's "duplicate ID" is the caller's to adopt. Before,
+    it was a refusal, and a batch was split down to single inputs."""
+    scripted.reply(200, b"")
+    scripted.reply(200, b'{"status": {"code": 10000}, "inpu')
+    scripted.reply(200, {**OK, "inputs": [{"id": "a", "status": {"code": 30000}}]})
+    ft = FakeTime()
+    api = ClarifaiApi(
+        scripted.url, SECRET, max_requests_per_second=None, sleep=ft.sleep, clock=ft.clock
+    )
+    [result] = api.add_inputs([{"id": "a", "data": {"image": {"base64": "AA=="}}}])
+    assert result.ok and result.input_id == "a"
+    assert len(scripted.seen) == 3 and len({r["body"] for r in scripted.seen}) == 1
+    assert api.stats.retries == 2
     api.close()
 
 
