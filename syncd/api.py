@@ -51,6 +51,7 @@ from syncd.errors import (
     RejectedError,
     ThrottledError,
     TransientError,
+    WaitRequested,
 )
 from syncd.ratelimit import TokenBucket
 
@@ -414,11 +415,13 @@ class ClarifaiApi:
                     self._paused_until = max(self._paused_until, own_not_before)
             if self._max_wait is not None and retry_after is not None and delay > self._max_wait:
                 # a wait this long is the caller's to make (the daemon's loop, which stays
-                # responsive and keeps its watchdog fed), not a sleep inside a request
-                cls = ThrottledError if throttled else TransientError
+                # responsive and keeps its watchdog fed), not a sleep inside a request; the
+                # other workers' requests meanwhile fail at once, unsent
+                with self._lock:
+                    self._paused_until = max(self._paused_until, own_not_before)
                 log.warning("api_wait_deferred", method=method, route=route, wait=round(delay, 1))
                 asked = f"the remote asked to wait {delay:.0f} s"
-                deferred = cls(f"{method} {route}: {asked}: {reason}")
+                deferred = WaitRequested(f"{method} {route}: {asked}: {reason}")
                 deferred.retry_after = delay
                 raise self._fill(deferred, env)
             self.stats.record_retry(throttled=throttled)
@@ -442,7 +445,7 @@ class ClarifaiApi:
             target = max(own_not_before, self._paused_until)
         wait = target - self._clock()
         if self._max_wait is not None and wait > self._max_wait:
-            paused = ThrottledError(f"the remote asked to wait {wait:.0f} s more")
+            paused = WaitRequested(f"the remote asked to wait {wait:.0f} s more")
             paused.retry_after = wait
             raise paused
         if wait > 0:

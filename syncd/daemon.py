@@ -35,6 +35,7 @@ from syncd.config import Config, check_root, resolve_api_key
 from syncd.errors import AuthError, ConfigError, LedgerError, SyncdError, TransientError
 from syncd.logs import configure_logging
 from syncd.model import OpKind
+from syncd.mounts import mounts_under
 from syncd.sdnotify import Notifier, watchdog_interval
 from syncd.watcher import (
     ChangeQueue,
@@ -266,6 +267,8 @@ class Daemon:
         self.ready_sent = False
         self.root_missing: str | None = None
         self.next_root_check = float("-inf")
+        self.mounts: frozenset[str] | None = None  # inside the root, at the last root check
+        self.server_wait_until = float("-inf")  # a Retry-After not to cut short
         self.totals = {"added": 0, "relabeled": 0, "deleted": 0, "failed": 0, "held": 0}
         self.last_error: str | None = None
         self.passes = 0
@@ -409,7 +412,11 @@ class Daemon:
                 self._want_full(reason)
             else:
                 self.subtrees.setdefault(path, reason)
-        for path, first, is_dir in self.settler.take_ready(now):
+        ready = self.settler.take_ready(now)
+        expired = self.held_since is not None and now - self.held_since >= BATCH_WINDOW
+        if ready and not self.batch and expired:
+            self.held_since = None  # a burst long over: the next one starts afresh
+        for path, first, is_dir in ready:
             # the batch window counts from the first event, not from when its path settled
             self.batch.setdefault(path, first)
             if is_dir:
@@ -604,8 +611,6 @@ class Daemon:
                 self.batch_started = now - BATCH_WINDOW
             return
         self.passes += 1
-        if self.watcher is not None:
-            self.watcher.set_mounts(getattr(self.engine, "mount_points", ()))
         for key in ("added", "relabeled", "deleted"):
             self.totals[key] += getattr(report, key)
         self.totals["failed"] += len(report.failed)
@@ -641,7 +646,10 @@ class Daemon:
                     fix="check the API key (a SIGHUP re-reads it), remote.user_id and app_id",
                 )
         elif isinstance(error, SyncdError):
-            delay = self.backoff.failed(now, retry_after=getattr(error, "retry_after", None))
+            asked = getattr(error, "retry_after", None)
+            delay = self.backoff.failed(now, retry_after=asked)
+            if asked is not None:
+                self.server_wait_until = now + asked
             if self.throttle.allow("remote", now):
                 log.warning(
                     "remote_unavailable",
@@ -686,6 +694,7 @@ class Daemon:
         if now < self.next_root_check:
             return
         self.next_root_check = now + ROOT_CHECK_INTERVAL
+        self._check_mounts()
         problem = check_root(self.config)
         if problem is not None:
             self.root_missing = problem
@@ -699,6 +708,26 @@ class Daemon:
             if self.full_local is None:  # else the pending catch-up is that full rescan
                 self.next_rescan = now  # a full pass with the remote listing
                 self.rescan_due_since = now - RESCAN_MAX_DEFER
+
+    def _check_mounts(self) -> None:
+        """A disk mounted or unmounted inside the root (the kernel's mount table, read without
+        touching any mounted file system): the watches stay on the file system they were put
+        on, so the watcher restarts, and a full local pass looks (an unmounted disk's folder
+        is judged without deleting its inputs, see syncd/mounts.py)."""
+        mounts = mounts_under(self.config.source.root)
+        if mounts is None or mounts == self.mounts:
+            return
+        if self.mounts is not None:
+            log.warning(
+                "mounts_changed",
+                mounted=sorted(mounts - self.mounts),
+                unmounted=sorted(self.mounts - mounts),
+                action="watcher restart and full rescan",
+            )
+            if self.watcher is not None:
+                self.watcher.request_restart("a disk was mounted or unmounted in the root")
+            self._want_full("mount points changed")
+        self.mounts = mounts
 
     # --- SIGHUP ---------------------------------------------------------------------------
 
@@ -732,7 +761,8 @@ class Daemon:
         self.settler.settle_seconds = effective.sync.settle_seconds
         if effective.sync.rescan_interval != old_config.sync.rescan_interval:
             self._schedule_rescan(self._clock())
-        self.backoff.succeeded()  # a fixed key or endpoint deserves an immediate try
+        if self._clock() >= self.server_wait_until:  # not before a wait the remote asked for
+            self.backoff.succeeded()  # a fixed key or endpoint deserves an immediate try
         log.info("config_reloaded", applied=applied, credentials="re-read")
 
     # --- systemd --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from syncd.model import (
     OpKind,
     RemoteInput,
 )
+from syncd.mounts import mounts_under
 from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
 from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
@@ -85,9 +86,6 @@ class Engine:
         self.explain = explain
         self.progress = progress or NoProgress()
         self._scan_started_ns = 0
-        #: the mount points under the root as the last scan left them (the daemon's watcher
-        #: restarts when one of them changes)
-        self.mount_points: frozenset[str] = frozenset()
 
     def close(self) -> None:
         """Close the HTTP session and release the ledger (and its process lock)."""
@@ -265,6 +263,13 @@ class Engine:
         remote, leaves none then: the next pass takes the full path and leaves it.)"""
         if options.scope is not None or not self.quick_check:
             return None
+        current = mounts_under(self.config.source.root)
+        if current is not None and current != self._known_mounts():
+            # a disk mounted or unmounted inside the root since the mount points were noted
+            # (or never noted, by an older syncd): the full path notes them, and judges an
+            # unmounted one's folder without deleting its inputs
+            log.info("quick_check_skipped", reason="mount points changed")
+            return None
         marker = self.ledger.in_step_marker()
         if marker is None and (options.dry_run or not self.ledger.has_files()):
             return None
@@ -430,6 +435,7 @@ class Engine:
         defer = not (options.dry_run or self.explain or self.config.source.url_base)
         mounts = self._known_mounts()
         result = self._scan(known, options.scope, defer_new=defer, known_mounts=mounts)
+        current = mounts_under(self.config.source.root)  # after the scan: what it ended with
         report.files_seen = result.stats.files_seen
         report.files_hashed = result.stats.files_hashed
         report.bytes_hashed = result.stats.bytes_hashed
@@ -449,7 +455,7 @@ class Engine:
                 scope=options.scope,
                 seen=(result.seen_paths() - deferred) | result.skipped.keys(),
             )
-            self._remember_mounts(mounts, result, options.scope)
+            self._remember_mounts(mounts, current, result, options.scope)
         return result.snapshot
 
     def _known_mounts(self) -> frozenset[str]:
@@ -457,19 +463,25 @@ class Engine:
         return frozenset(json.loads(raw)) if raw else frozenset()
 
     def _remember_mounts(
-        self, known: frozenset[str], result: ScanResult, scope: tuple[str, ...] | None
+        self,
+        known: frozenset[str],
+        current: frozenset[str] | None,
+        result: ScanResult,
+        scope: tuple[str, ...] | None,
     ) -> None:
-        """Keep the mount points the next scan checks: those seen now, those still missing
-        (unmounted), and, on a full scan, forget the others (their folder was removed, or
-        holds files of its own now) unless the scan could not look (under an unreadable
-        folder). A scoped scan only adds."""
-        now = set(result.mounts) | set(result.unmounted)
+        """Keep the mount points the next scan checks: those mounted now, those still missing
+        (unmounted: kept until mounted again or removed), and those the scan could not look at
+        (at or under an unreadable folder; nothing at all when the root itself could not be
+        read). The others are forgotten (the folder was removed, or holds files of its own).
+        A scoped scan only adds."""
+        if current is None or result.snapshot.root_problem is not None:
+            return
+        now = set(current) | set(result.unmounted)
         if scope is None:
             unscanned = result.snapshot.unscanned
-            now |= {m for m in known if any(m.startswith(u + "/") for u in unscanned)}
+            now |= {m for m in known if any(m == u or m.startswith(u + "/") for u in unscanned)}
         else:
             now |= known
-        self.mount_points = frozenset(now)
         if now != known:  # set_meta ends the in-step marker: only on a change
             log.info("mount_points_changed", mount_points=sorted(now))
             self.ledger.set_meta(MOUNTS_KEY, json.dumps(sorted(now)))
@@ -596,6 +608,7 @@ class Engine:
         known_mounts: frozenset[str] = frozenset(),
     ) -> ScanResult:
         src = self.config.source
+        root = src.root
         return scan(
             src.root,
             source_name=src.name,
@@ -608,6 +621,7 @@ class Engine:
             scope=scope,
             defer_new=defer_new,
             known_mounts=known_mounts,
+            mount_table=lambda: mounts_under(root),
         )
 
     def _read_deferred(

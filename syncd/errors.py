@@ -80,6 +80,12 @@ class ThrottledError(TransientError):
     """429 / CONN_THROTTLED that outlived its retries."""
 
 
+class WaitRequested(TransientError):
+    """The remote asked for a wait (Retry-After) longer than the client sleeps inside a request
+    (its `max_wait`, the daemon's): the pass stops at once, and the caller waits `retry_after`
+    where it stays responsive."""
+
+
 class RejectedError(ApiError):
     """The remote rejected the whole request (4xx other than auth); retrying will not help."""
 

@@ -24,7 +24,13 @@ import structlog
 
 from syncd.batcher import batches
 from syncd.envelope import ItemResult, RemoteRecord
-from syncd.errors import AuthError, RejectedError, TransientError, os_error_reason
+from syncd.errors import (
+    AuthError,
+    RejectedError,
+    TransientError,
+    WaitRequested,
+    os_error_reason,
+)
 from syncd.model import FileStat, InputRecord, InputState, Labels, Operation
 from syncd.planner import marked_labels, state_for_code
 from syncd.remote import remote_input
@@ -511,6 +517,8 @@ class Executor:
 
         try:
             results = send(payload)
+        except WaitRequested:
+            raise  # the pass stops (as for an AuthError): the caller waits, then resumes
         except (TransientError, RejectedError) as exc:
             if len(payload) > 1 and isinstance(exc, RejectedError):
                 return halves()
@@ -556,7 +564,7 @@ class Executor:
                 return
             try:
                 fn(job)
-            except AuthError:
+            except (AuthError, WaitRequested):
                 stop.set()
                 raise
 

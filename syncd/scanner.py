@@ -118,9 +118,8 @@ class ScanResult:
     changed: tuple[FileRecord, ...]
     stats: ScanStats
     skipped: Mapping[str, str] = field(default_factory=dict)
-    #: folders that are mount points (another file system than the root's), as scanned
-    mounts: frozenset[str] = frozenset()
-    #: folders given as `known_mounts` that are plain folders of the root's file system now
+    #: folders given as `known_mounts` that were not mount points (an empty folder left by
+    #: an unmount), or stopped being one during the scan: not scanned, nothing judged missing
     unmounted: frozenset[str] = frozenset()
 
     @property
@@ -158,6 +157,7 @@ def scan(
     open_file: Callable[..., Any] | None = None,
     defer_new: bool = False,
     known_mounts: Iterable[str] = (),
+    mount_table: Callable[[], frozenset[str] | None] = lambda: None,
 ) -> ScanResult:
     """Scan `root` (or only the relative paths in `scope`, files or directories) once.
 
@@ -168,9 +168,11 @@ def scan(
     but marked `deferred` (no sha256, no file record): the add that sends it reads it once,
     then hashes and judges those bytes (`judge_bytes`), instead of reading it twice.
 
-    `known_mounts`: folders that were mount points in an earlier scan. One that is now a
-    plain folder of the root's file system (its disk unmounted, an empty folder left) is not
-    scanned, and nothing under it is judged missing: its files are not deleted remotely.
+    `known_mounts`: folders that were mount points before; `mount_table`: those that are now
+    (syncd.mounts.mounts_under; None: not known). A known one that is not mounted and holds no
+    image, sidecar or folder (what an unmount leaves) is not scanned, and nothing under it is
+    judged missing: its files are not deleted remotely. The table is read again after the
+    walk: a disk unmounted meanwhile is treated the same.
     """
     started = time.monotonic()
     walker = _Scan(
@@ -188,6 +190,7 @@ def scan(
         open_file=open_file,
         defer_new=defer_new,
         known_mounts=frozenset(known_mounts),
+        mount_table=mount_table,
     )
     log.debug("scan_started", root=display_path(os.fspath(root)), scoped=scope is not None)
     snapshot = walker.run(None if scope is None else [_normalize_scope(p) for p in scope])
@@ -256,8 +259,8 @@ class _Scan:
         self.open_file = options["open_file"]
         self.defer_new: bool = options["defer_new"]
         self.known_mounts: frozenset[str] = options["known_mounts"]
-        self.root_dev = -1
-        self.mounts: set[str] = set()
+        self.mount_table: Callable[[], frozenset[str] | None] = options["mount_table"]
+        self.mounted: frozenset[str] | None = None
         self.unmounted: set[str] = set()
         self.images: dict[str, LocalImage] = {}
         self.records: dict[str, FileRecord] = {}
@@ -272,7 +275,7 @@ class _Scan:
 
     def run(self, scope: list[str] | None) -> LocalSnapshot:
         root_id, problem = self._check_root()
-        self.root_dev = root_id[0]
+        self.mounted = self.mount_table() if self.known_mounts else None
         if problem is not None:
             log.warning("scan_root_problem", problem=problem)
             return LocalSnapshot(images={}, root_problem=problem, scope=_scope_tuple(scope))
@@ -286,6 +289,7 @@ class _Scan:
             scope = None
         else:
             scope = self._scan_scope(sorted(set(scope)), root_id)
+        self._recheck_mounts()
         self._mark_id_conflicts()
         return LocalSnapshot(
             images=dict(sorted(self.images.items())),
@@ -312,7 +316,6 @@ class _Scan:
             records,
             stats,
             dict(sorted(self.skipped.items())),
-            frozenset(self.mounts),
             frozenset(self.unmounted),
         )
 
@@ -409,7 +412,7 @@ class _Scan:
                 return None
             if not statmod.S_ISDIR(st.st_mode):
                 return None
-            if self._is_unmounted(prefix, st.st_dev):
+            if self._is_unmounted(prefix):
                 return None
             ancestors.add((st.st_dev, st.st_ino))
         return frozenset(ancestors)
@@ -494,29 +497,60 @@ class _Scan:
         except OSError as exc:
             self._unreadable_dir(rel, exc)
             return
-        if st.st_dev != self.root_dev:
-            # a mount point (the first folder of another file system on the way down)
-            if not entry.is_symlink() and not any(_under(rel, m) for m in self.mounts):
-                self.mounts.add(rel)
-        elif self._is_unmounted(rel, st.st_dev):
+        if self._is_unmounted(rel):
             return
         listing.dirs[entry.name] = (st.st_dev, st.st_ino)
 
-    def _is_unmounted(self, rel: str, dev: int) -> bool:
-        """Whether `rel`, a mount point before, is an empty folder of the root's file system
-        now (what an unmount leaves): then it is not scanned and nothing under it is judged
-        missing. An unmounted disk is not a deleted dataset; removing the folder says it is,
-        and files put in it say it is an ordinary folder now."""
-        if dev != self.root_dev or rel not in self.known_mounts or not self._empty(rel):
+    def _is_unmounted(self, rel: str) -> bool:
+        """Whether `rel`, a mount point before, is an unmounted one now: not in the mount table
+        and holding no image, sidecar or folder (what an unmount leaves). Then it is not
+        scanned and nothing under it is judged missing. An unmounted disk is not a deleted
+        dataset; removing the folder says it is, and files put in it make it a folder again."""
+        if self.mounted is None or rel not in self.known_mounts or rel in self.mounted:
             return False
+        if self._has_content(rel):
+            return False
+        self._keep_unmounted(rel, "a file system was mounted here and is not now")
+        return True
+
+    def _recheck_mounts(self) -> None:
+        """A disk unmounted while the scan walked it: what the walk saw of it may be the empty
+        folder below, so nothing under it is judged missing."""
+        if self.mounted is None:
+            return
+        now = self.mount_table()
+        if now is None:
+            return
+        for rel in sorted(self.mounted - now):
+            if rel not in self.unmounted:
+                self._keep_unmounted(rel, "a file system was unmounted here during the scan")
+
+    def _keep_unmounted(self, rel: str, why: str) -> None:
         self.unmounted.add(rel)
         self.unscanned.add(rel)
         self.skipped[rel] = (
-            "a file system was mounted here and is not now: nothing in it is deleted "
-            "remotely; mount it again, or remove the folder to delete its inputs"
+            f"{why}: nothing in it is deleted remotely; mount it again, or remove the folder "
+            "to delete its inputs"
         )
-        log.warning("scan_mount_missing", path=display_path(rel))
-        return True
+        log.warning("scan_mount_missing", path=display_path(rel), reason=why)
+
+    def _has_content(self, rel: str) -> bool:
+        """Whether the folder holds an image, a sidecar or a folder the scan would look at
+        (hidden and excluded names, a `.not-mounted` marker say, do not count). True when
+        it cannot be listed: the scan then reports that instead."""
+        try:
+            with os.scandir(self._abs(rel)) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if self.exclude.match_name(name):
+                        continue
+                    if is_sidecar_name(name) or self.include.match_name(name):
+                        return True
+                    if entry.is_dir(follow_symlinks=False):
+                        return True
+        except OSError:
+            return True
+        return False
 
     def _process(
         self,
@@ -753,20 +787,6 @@ class _Scan:
                 self.images[path] = replace(image, problem=problem)
                 log.warning("scan_input_id_conflict", path=display_path(path), problem=conflict)
 
-    def _empty(self, rel: str) -> bool:
-        """Whether the folder `rel` has no entries (True when it cannot be listed: the safe
-        side for `_is_unmounted`)."""
-        try:
-            handle = self.listdir(self._abs(rel))
-        except OSError:
-            return True
-        try:
-            return next(iter(handle), None) is None
-        finally:
-            close = getattr(handle, "close", None)
-            if close is not None:
-                close()
-
     def _unreadable_dir(self, rel: str, exc: OSError) -> None:
         """A folder that cannot be listed: nothing under it is judged missing, and it is
         reported (as skipped) with the reason."""
@@ -865,6 +885,7 @@ def read_deferred(
         open_file=None,
         defer_new=False,
         known_mounts=frozenset(),
+        mount_table=lambda: None,
     )
     read: list[LocalImage] = []
     records: list[FileRecord] = []

@@ -525,10 +525,7 @@ class Watcher:
         self._count_dirs = count_dirs or count_directories
         self._observer: BaseObserver | None = None
         self._identity: tuple[int, int] | None = None
-        # folders under the root that are mount points: a disk (un)mounted there changes
-        # what they are, and the observer's watches stay on what they were
-        self._mounts: tuple[str, ...] = ()
-        self._mount_ids: tuple[tuple[int, int] | None, ...] = ()
+        self._restart_reason: str | None = None
         self._limit: OSError | None = None
         self._lock = threading.Lock()
         self._force_polling = self._native is None
@@ -569,38 +566,31 @@ class Watcher:
             _stop(observer)
         self.status.mode = "stopped"
 
-    def set_mounts(self, mounts: Iterable[str]) -> None:
-        """The mount points under the root (relative), as the last scan found them; from now
-        on a disk mounted or unmounted at one restarts the observer, as a remounted root does."""
-        self._mounts = tuple(sorted(mounts))
-        self._mount_ids = self._mount_identities()
-
-    def _mount_identities(self) -> tuple[tuple[int, int] | None, ...]:
-        return tuple(_identity(os.path.join(self.root, m)) for m in self._mounts)
+    def request_restart(self, reason: str) -> None:
+        """Restart the observer at the next `check()` (a disk mounted or unmounted inside the
+        root: the watches stay on the file system they were put on)."""
+        with self._lock:
+            self._restart_reason = reason
 
     def check(self) -> bool:
         """Restart or degrade the observer when needed; True if a full rescan is now due."""
         with self._lock:
             limit, self._limit = self._limit, None
+            asked, self._restart_reason = self._restart_reason, None
         if limit is not None and self.status.mode == "native":
             self._degrade(limit)
             return True
         identity = _identity(self.root)
-        mount_ids = self._mount_identities() if self._mounts else ()
-        remounted = mount_ids != self._mount_ids
-        unchanged = identity == self._identity and not remounted
+        unchanged = identity == self._identity and asked is None
         if self._observer is not None and unchanged and self._alive():
             return False
         if self._observer is None and self.status.mode == "stopped":
             return False
-        self._mount_ids = mount_ids
         if self._observer is not None:
             if identity != self._identity:
                 reason = "root changed (remounted?)"
-            elif remounted:
-                reason = "a disk was mounted or unmounted in the root"
             else:
-                reason = "thread died"
+                reason = asked or "thread died"
             log.warning("watcher_restarting", root=self.root, reason=reason)
             _stop(self._observer)
             self._observer = None

@@ -27,7 +27,7 @@ import pytest
 import requests
 from structlog.testing import capture_logs
 
-from syncd.config import load_config
+from syncd.config import Config, load_config
 from syncd.daemon import BATCH_WINDOW, Backoff, Daemon, Throttle, merge_reload
 from syncd.emulator import Emulator
 from syncd.engine import SyncReport
@@ -517,6 +517,7 @@ def test_a_long_retry_after_is_waited_out_by_the_loop(
     emu = manual_emulator
     emu.set_faults(throttle_rps=1, retry_after=300)
     daemon = DaemonProcess(tmp_path, root, emu.url, emu.api_key)
+    daemon.settings["sync"].update(batch_size=4, workers=2)
     try:
         daemon.start()
         daemon.wait_event("daemon_ready")
@@ -526,10 +527,15 @@ def test_a_long_retry_after_is_waited_out_by_the_loop(
             timeout=10,
         )
         assert filled.status_code == 200  # the window is full from now on
-        write(root / "a.png", image(1))
+        for i in range(40):
+            write(root / f"{i:02d}.png", image(i))
         unavailable = daemon.wait_event("remote_unavailable")
         assert unavailable["retry_in"] >= 300.0
         assert daemon.events("api_wait_deferred")
+        # the pass stops at the first answer asking to wait: only the requests then in flight
+        # (one per worker) went out, not one per batch
+        assert requests_of(emu, "POST") <= 2
+        assert not daemon.events("request_failed"), "no batch after it is prepared or tried"
         assert daemon.stop() == 0
         assert daemon.events("daemon_stopping")[-1]["in_flight"] is None
         assert not daemon.events("shutdown_abandoned")
@@ -557,9 +563,10 @@ def test_root_unmounted_pauses_deletes(
 def test_a_disk_mounted_in_the_root_is_watched_across_unmount_and_remount(
     daemon: DaemonProcess, root: Path, emulator: Emulator
 ) -> None:
-    """A real tmpfs mounted in a folder of the root: unmounted, its inputs stay and the
-    folder is reported; mounted again, files written into it are sent at once (the observer
-    is restarted onto the new file system; its watches had stayed on the old one)."""
+    """A real tmpfs mounted in a folder of the root, the daemon started on a ledger in step
+    (its catch-up takes the quick check, no scan): unmounted, its inputs stay and the folder
+    is reported; mounted again, files written into it are sent at once (the watcher restarts
+    onto the new file system; its watches had stayed on the old one)."""
     nas = root / "nas"
     nas.mkdir()
     mount = ["mount", "-t", "tmpfs", "syncd-test", str(nas)]
@@ -568,9 +575,15 @@ def test_a_disk_mounted_in_the_root_is_watched_across_unmount_and_remount(
     try:
         write(root / "a.png", image(1))
         write(nas / "b.png", image(2))
+        daemon.write_config()
+        reconcile = [sys.executable, "-m", "syncd", "reconcile", "--config", str(daemon.config)]
+        subprocess.run(reconcile, env=daemon.env, check=True, capture_output=True)
+        helpers.wait_out_racy_window(root)
+        subprocess.run(reconcile, env=daemon.env, check=True, capture_output=True)
         daemon.start()
-        wait_until(lambda: converged(emulator, {"a.png": set(), "nas/b.png": set()}))
+        daemon.wait_event("quick_check_in_step")  # the catch-up scanned nothing
         subprocess.run(["umount", str(nas)], check=True)
+        daemon.wait_event("mounts_changed")
         daemon.wait_event("scan_mount_missing")
         subprocess.run(mount, check=True)
         write(nas / "c.png", image(3))
@@ -707,6 +720,23 @@ def test_a_throttled_pass_waits_what_the_remote_asked(tmp_path: Path) -> None:
     assert unavailable["retry_in"] >= 30.0
     assert daemon.backoff.until - time.monotonic() > 25.0
     assert engine.calls == 1
+
+
+def test_a_reload_does_not_cut_short_a_wait_the_remote_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP (logrotate, `systemctl reload`) gives a fixed key an immediate try, but not
+    inside a Retry-After: the next try still waits what the remote asked."""
+    monkeypatch.setenv("CLARIFAI_PAT", "a-key-long-enough-for-the-check-0123456789")
+    engine = ThrottledEngine(retry_after=30.0)
+    daemon = run_in_process(tmp_path, engine, lambda d: d.backoff.failures >= 1)
+    until = daemon.backoff.until
+    rebuilt: list[Config] = []
+    daemon._reload_config = lambda: daemon.config
+    daemon._engine_factory = lambda c: rebuilt.append(c) or engine
+    daemon._apply_reload()
+    assert len(rebuilt) == 1  # the reload went through
+    assert daemon.backoff.until == until > time.monotonic() + 25.0
 
 
 def test_auth_failure_keeps_watching(tmp_path: Path) -> None:
@@ -1008,6 +1038,27 @@ def test_the_last_files_of_a_burst_wait_for_each_other(tmp_path: Path) -> None:
     daemon.settler.note(Change("d.png", now + 2))
     daemon._start_next(now + 2)
     assert started[2:] == [("c.png",)]
+
+
+def test_a_burst_long_over_does_not_make_the_next_one_partial(tmp_path: Path) -> None:
+    """The mark a burst leaves (to hold its last files) expires with it: paths that settle
+    into an empty batch a window later start afresh, so the next burst's first ready paths
+    are held for a whole batch, not sent at once as an expired hold's rest."""
+    daemon, started = _batching_daemon(tmp_path)
+    root = Path(daemon.config.source.root)
+    now = time.monotonic()
+    daemon.held_since = now - 5 * BATCH_WINDOW  # left by a burst long over
+    for name in ("a.png", "b.png"):
+        (root / name).write_bytes(b"x")
+        daemon.settler.note(Change(name, now - 10))
+    for name in ("c.png", "d.png", "e.png"):  # the rest of the new burst, still being written
+        (root / name).write_bytes(b"x")
+        daemon.settler.note(Change(name, now + 100))
+    daemon.settler.take_ready(now)  # the first look at a.png and b.png
+    daemon._collect(now + 2)
+    assert list(daemon.batch) == ["a.png", "b.png"] and daemon.held_since is None
+    daemon._start_next(now + 2)
+    assert started == []
 
 
 def test_folders_wait_with_a_held_batch(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from helpers import (
     make_site,
     run_cli,
     run_syncd,
+    wait_out_racy_window,
     write_config,
     write_sidecar,
 )
@@ -154,8 +155,9 @@ def test_a_disk_unmounted_inside_the_root_is_not_deleted(
     tmp_path: Path, emu: Emulator, writes: Writes
 ) -> None:
     """A real file system mounted in a folder of the root, then unmounted (an empty folder
-    left): its inputs stay, whatever the delete limits, and the folder is reported. Files put
-    back after mounting again are in step; removing the folder deletes its inputs."""
+    left) after passes that ended in step (so the quick check runs): its inputs stay, pass
+    after pass, whatever the delete limits, and the folder is reported. Files put back after
+    mounting again are in step; removing the folder deletes its inputs."""
     site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
     nas = site.root / "nas"
     if os.geteuid() != 0 or not _mount_tmpfs(nas):
@@ -165,13 +167,18 @@ def test_a_disk_unmounted_inside_the_root_is_not_deleted(
         for i in range(3):
             site.image(f"nas/{i}.png", 10 + i)
         assert reconcile(site).exit_code == 0
+        wait_out_racy_window(site.root)
+        assert reconcile(site).exit_code == 0
+        with site.open_ledger() as ledger:
+            assert ledger.in_step_marker() is not None  # the next pass takes the quick check
         before = remote_view(emu)
         assert len(before) == 4
 
         _umount(nas)
-        result = reconcile(site)
-        assert writes.deleted == [] and remote_view(emu) == before
-        assert "mounted here and is not now" in result.output
+        for _ in range(2):
+            result = reconcile(site)
+            assert writes.deleted == [] and remote_view(emu) == before
+            assert "mounted here and is not now" in result.output
 
         assert _mount_tmpfs(nas)
         for i in range(3):
@@ -183,6 +190,36 @@ def test_a_disk_unmounted_inside_the_root_is_not_deleted(
     nas.rmdir()  # unmounted and removed: the user's word that the data is gone
     assert reconcile(site).exit_code == 0
     assert len(writes.deleted) == 3 and len(emu.store_snapshot()) == 1
+
+
+def test_a_ledger_that_never_noted_the_mount_points_learns_them_first(
+    tmp_path: Path, emu: Emulator, writes: Writes
+) -> None:
+    """A ledger in step that has no note of mount points (one written by an older syncd)
+    does not take the quick check while a disk is mounted in the root: the full path notes
+    it, so a later unmount deletes nothing."""
+    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
+    nas = site.root / "nas"
+    if os.geteuid() != 0 or not _mount_tmpfs(nas):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        site.image("local.png", 1)
+        site.image("nas/0.png", 10)
+        assert reconcile(site).exit_code == 0
+        wait_out_racy_window(site.root)
+        assert reconcile(site).exit_code == 0
+        with sqlite3.connect(site.ledger) as db:  # as an older syncd left it: marker, no note
+            db.execute("DELETE FROM meta WHERE key = 'mount_points'")
+        with site.open_ledger() as ledger:
+            assert ledger.in_step_marker() is not None
+        assert reconcile(site).exit_code == 0
+        with site.open_ledger() as ledger:
+            assert ledger.get_meta("mount_points") == '["nas"]'
+        _umount(nas)
+        reconcile(site)
+        assert writes.deleted == [] and len(emu.store_snapshot()) == 2
+    finally:
+        subprocess.run(["umount", str(nas)], check=False)
 
 
 @pytest.mark.parametrize(

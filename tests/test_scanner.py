@@ -1163,75 +1163,74 @@ def test_scoped_scan_agrees_with_a_full_scan(tree: Path, scope: list[str]) -> No
 # --- mount points ----------------------------------------------------------------------------
 
 
-class _OnDevice:
-    """A stat result with another st_dev."""
+def _table(*sequence: frozenset[str]) -> Callable[[], frozenset[str]]:
+    """A mount table answering these sets in turn (the last one from then on)."""
+    answers = list(sequence)
 
-    def __init__(self, st: os.stat_result, dev: int) -> None:
-        self._st, self.st_dev = st, dev
+    def read() -> frozenset[str]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._st, name)
-
-
-def _stat_on_devices(tmp_path: Path, devices: dict[str, int]) -> Callable[[str], Any]:
-    """os.stat, with st_dev replaced for these folders and everything below them (a disk
-    mounted there), as only a privileged test could otherwise arrange."""
-
-    def stat(path: str) -> Any:
-        st = os.stat(path)
-        rel = os.path.relpath(path, tmp_path)
-        for folder, dev in devices.items():
-            if rel == folder or rel.startswith(folder + "/"):
-                return _OnDevice(st, dev)
-        return st
-
-    return stat
-
-
-def test_mount_points_are_found(tmp_path: Path) -> None:
-    """A folder on another file system than the root's is a mount point; folders below it
-    are not reported again."""
-    write_image(tmp_path / "local" / "a.jpg")
-    write_image(tmp_path / "nas" / "deep" / "b.jpg")
-    stat = _stat_on_devices(tmp_path, {"nas": 4242})
-    result = run(tmp_path, stat=stat)
-    assert result.mounts == frozenset({"nas"}) and result.unmounted == frozenset()
-    assert sorted(result.snapshot.images) == ["local/a.jpg", "nas/deep/b.jpg"]
+    return read
 
 
 def test_an_unmounted_disk_is_not_judged_missing(tmp_path: Path) -> None:
-    """A known mount point that is an empty folder of the root's file system now (what an
-    unmount leaves) is not scanned: nothing under it is judged missing, and it is reported."""
+    """A known mount point that is not mounted and holds nothing (what an unmount leaves) is
+    not scanned: nothing under it is judged missing, and it is reported. A hidden marker file
+    in it (`.not-mounted`) does not make it a folder of its own."""
     write_image(tmp_path / "local" / "a.jpg")
     (tmp_path / "nas").mkdir()
-    result = run(tmp_path, known_mounts=["nas"])
-    assert result.unmounted == frozenset({"nas"}) and result.mounts == frozenset()
+    (tmp_path / "nas" / ".not-mounted").write_text("")
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset()))
+    assert result.unmounted == frozenset({"nas"})
     assert result.snapshot.unscanned == ("nas",)
     assert not result.snapshot.covers("nas/deep/b.jpg")
     assert result.snapshot.covers("local/gone.jpg")
     assert "mounted here and is not now" in result.skipped["nas"]
 
-    scoped = run(tmp_path, known_mounts=["nas"], scope=["nas/deep/b.jpg", "nas"])
+    scoped = run(
+        tmp_path,
+        known_mounts=["nas"],
+        mount_table=_table(frozenset()),
+        scope=["nas/deep/b.jpg", "nas"],
+    )
     assert scoped.snapshot.unscanned == ("nas",)
     assert not scoped.snapshot.covers("nas/deep/b.jpg")
 
 
-def test_a_former_mount_point_with_files_of_its_own_is_an_ordinary_folder(
-    tmp_path: Path,
-) -> None:
-    """Files put in the folder (the disk's data copied onto the root's file system) say it
-    is an ordinary folder now: scanned, and its absent files judged missing as anywhere."""
+def test_a_mounted_disk_is_scanned_as_usual(tmp_path: Path) -> None:
+    """A known mount point that is mounted is scanned like any folder."""
     write_image(tmp_path / "nas" / "b.jpg")
-    result = run(tmp_path, known_mounts=["nas"])
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset({"nas"})))
     assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
     assert sorted(result.snapshot.images) == ["nas/b.jpg"]
     assert result.snapshot.covers("nas/gone.jpg")
 
 
-def test_a_mounted_disk_is_scanned_as_usual(tmp_path: Path) -> None:
-    """A known mount point that is mounted (another device) is scanned like any folder."""
+def test_a_former_mount_point_with_files_of_its_own_is_an_ordinary_folder(
+    tmp_path: Path,
+) -> None:
+    """Images put in the folder (the disk's data copied onto the root's file system) say it
+    is an ordinary folder now: scanned, and its absent files judged missing as anywhere."""
     write_image(tmp_path / "nas" / "b.jpg")
-    result = run(tmp_path, known_mounts=["nas"], stat=_stat_on_devices(tmp_path, {"nas": 7}))
-    assert result.mounts == frozenset({"nas"}) and result.unmounted == frozenset()
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset()))
+    assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
     assert sorted(result.snapshot.images) == ["nas/b.jpg"]
     assert result.snapshot.covers("nas/gone.jpg")
+
+
+def test_a_disk_unmounted_during_the_scan_is_not_judged_missing(tmp_path: Path) -> None:
+    """Mounted when the scan began, gone from the table when it ended: what the walk saw of
+    it may be the empty folder below, so nothing under it is judged missing."""
+    write_image(tmp_path / "nas" / "b.jpg")
+    table = _table(frozenset({"nas"}), frozenset())
+    result = run(tmp_path, known_mounts=["nas"], mount_table=table)
+    assert result.unmounted == frozenset({"nas"}) and result.snapshot.unscanned == ("nas",)
+    assert not result.snapshot.covers("nas/gone.jpg")
+    assert "during the scan" in result.skipped["nas"]
+
+
+def test_without_a_mount_table_nothing_is_judged_unmounted(tmp_path: Path) -> None:
+    """No table (not Linux): a known mount point is scanned as a folder, as before."""
+    (tmp_path / "nas").mkdir()
+    result = run(tmp_path, known_mounts=["nas"], mount_table=lambda: None)
+    assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
