@@ -479,7 +479,7 @@ class Engine:
         now = set(current) | set(result.unmounted)
         if scope is None:
             unscanned = result.snapshot.unscanned
-            now |= {m for m in known if any(m == u or m.startswith(u + "/") for u in unscanned)}
+            now |= {m for m in known if any(_at_or_under(m, u) for u in unscanned)}
         else:
             now |= known
         if now != known:  # set_meta ends the in-step marker: only on a change
@@ -1074,3 +1074,8 @@ def _explain_hashing(known: Mapping[str, KnownFile], result: ScanResult) -> list
             why = ", ".join(fields) + " changed: hashed"
         out.append({"path": rec.path, "action": "hash", "why": why})
     return out
+
+
+def _at_or_under(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or inside it ("" is the root)."""
+    return not folder or path == folder or path.startswith(folder + "/")

@@ -24,6 +24,7 @@ from helpers import (
     api_call,
     b64,
     make_site,
+    open_site_engine,
     run_cli,
     run_syncd,
     wait_out_racy_window,
@@ -40,8 +41,9 @@ from syncd.emulator import Emulator
 from syncd.engine import Engine, PassOptions, open_engine
 from syncd.errors import SyncdError
 from syncd.ledger import Ledger
-from syncd.model import MARKER_KEY
+from syncd.model import MARKER_KEY, LocalSnapshot
 from syncd.sample import png_bytes
+from syncd.scanner import ScanResult, ScanStats
 
 N = 30
 SECRET = "sk-SECRETSECRET-1234"
@@ -527,3 +529,31 @@ def test_a_secret_in_the_config_file_is_refused_without_echoing_it(
     assert result.exit_code == 2
     assert "remote.token" in result.stderr and "CLARIFAI_PAT" in result.stderr
     assert "SECRETSECRET" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "kept"),
+    [
+        (LocalSnapshot(images={}, unscanned=("nas",)), '["nas"]'),  # the mount point unreadable
+        (LocalSnapshot(images={}, unscanned=("",)), '["nas"]'),  # the root unreadable
+        (LocalSnapshot(images={}, root_problem="root is gone"), '["nas"]'),
+        (LocalSnapshot(images={}), "[]"),  # looked at, and no longer a mount point: forgotten
+    ],
+    ids=["mount-point-unreadable", "root-unreadable", "root-problem", "looked-at"],
+)
+def test_mount_points_the_scan_could_not_look_at_are_kept(
+    tmp_path: Path, emu: Emulator, snapshot: LocalSnapshot, kept: str
+) -> None:
+    """A noted mount point is forgotten only when a full scan looked and found an ordinary
+    folder (or none): not when the folder, or the root, could not be read (a dead FUSE mount
+    answers ENOTCONN; a NAS root may be missing), else a later unmount would delete its
+    inputs."""
+    site = make_site(tmp_path, emu)
+    engine = open_site_engine(site)
+    try:
+        engine.ledger.set_meta("mount_points", '["nas"]')
+        result = ScanResult(snapshot, (), ScanStats(0, 0, 0, 0, 0, 0))
+        engine._remember_mounts(frozenset({"nas"}), frozenset(), result, None)
+        assert engine.ledger.get_meta("mount_points") == kept
+    finally:
+        engine.close()
