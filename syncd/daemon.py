@@ -36,6 +36,7 @@ from syncd.errors import AuthError, ConfigError, LedgerError, SyncdError, Transi
 from syncd.logs import configure_logging
 from syncd.model import OpKind
 from syncd.mounts import mounts_under
+from syncd.scanner import Patterns
 from syncd.sdnotify import Notifier, watchdog_interval
 from syncd.watcher import (
     ChangeQueue,
@@ -267,7 +268,7 @@ class Daemon:
         self.ready_sent = False
         self.root_missing: str | None = None
         self.next_root_check = float("-inf")
-        self.mounts: frozenset[str] | None = None  # inside the root, at the last root check
+        self.mounts: dict[str, int] | None = None  # inside the root, at the last root check
         self.server_wait_until = float("-inf")  # a Retry-After not to cut short
         self.totals = {"added": 0, "relabeled": 0, "deleted": 0, "failed": 0, "held": 0}
         self.last_error: str | None = None
@@ -714,14 +715,16 @@ class Daemon:
         touching any mounted file system): the watches stay on the file system they were put
         on, so the watcher restarts, and a full local pass looks (an unmounted disk's folder
         is judged without deleting its inputs, see syncd/mounts.py)."""
-        mounts = mounts_under(self.config.source.root)
+        src = self.config.source
+        mounts = mounts_under(src.root, exclude=Patterns(src.exclude).match_name)
         if mounts is None or mounts == self.mounts:
             return
         if self.mounts is not None:
+            before = self.mounts
             log.warning(
                 "mounts_changed",
-                mounted=sorted(mounts - self.mounts),
-                unmounted=sorted(self.mounts - mounts),
+                mounted=sorted(m for m, mount_id in mounts.items() if before.get(m) != mount_id),
+                unmounted=sorted(m for m in before if m not in mounts),
                 action="watcher restart and full rescan",
             )
             if self.watcher is not None:

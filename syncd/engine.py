@@ -42,6 +42,7 @@ from syncd.scanner import (
     RACY_WINDOW_NS,
     FileRecord,
     KnownFile,
+    Patterns,
     ScanResult,
     read_deferred,
     scan,
@@ -105,20 +106,26 @@ class Engine:
         )
         pass_id = None if options.dry_run else self.ledger.start_pass(options.kind)
         sent_before = self._api_counts()
+        stopped: BaseException | None = None
         try:
             with _fewer_gc_passes():
                 self._run(options, report)
             # what the report shows of an operation (kind, id, path, reason), without the
             # labels: at 100,000 adds they are ~25 MB held only for the summary and --json
             _drop_labels(report.planned)
+        except BaseException as exc:
+            stopped = exc  # cut short (a refused key, a wait the remote asked for): said so
+            raise
         finally:
             self.progress.close()
             report.seconds = round(self.clock() - started, 3)
             report.requests, report.bytes_sent = self._api_delta(sent_before)
             if pass_id is not None:
-                self.ledger.finish_pass(
-                    pass_id, summary=summary_of(report), exit_code=report.exit_code
-                )
+                code = report.exit_code
+                if stopped is not None:
+                    report.errors.append(f"pass stopped: {stopped}")
+                    code = max(code, getattr(stopped, "exit_code", 1))
+                self.ledger.finish_pass(pass_id, summary=summary_of(report), exit_code=code)
         log.info("pass_finished", **summary_of(report))
         return report
 
@@ -263,8 +270,8 @@ class Engine:
         remote, leaves none then: the next pass takes the full path and leaves it.)"""
         if options.scope is not None or not self.quick_check:
             return None
-        current = mounts_under(self.config.source.root)
-        if current is not None and current != self._known_mounts():
+        current = self._mount_table()
+        if current is not None and set(current) != self._known_mounts():
             # a disk mounted or unmounted inside the root since the mount points were noted
             # (or never noted, by an older syncd): the full path notes them, and judges an
             # unmounted one's folder without deleting its inputs
@@ -435,7 +442,6 @@ class Engine:
         defer = not (options.dry_run or self.explain or self.config.source.url_base)
         mounts = self._known_mounts()
         result = self._scan(known, options.scope, defer_new=defer, known_mounts=mounts)
-        current = mounts_under(self.config.source.root)  # after the scan: what it ended with
         report.files_seen = result.stats.files_seen
         report.files_hashed = result.stats.files_hashed
         report.bytes_hashed = result.stats.bytes_hashed
@@ -455,30 +461,33 @@ class Engine:
                 scope=options.scope,
                 seen=(result.seen_paths() - deferred) | result.skipped.keys(),
             )
-            self._remember_mounts(mounts, current, result, options.scope)
+            self._remember_mounts(mounts, result, options.scope)
         return result.snapshot
+
+    def _mount_table(self) -> dict[str, int] | None:
+        src = self.config.source
+        return mounts_under(src.root, exclude=Patterns(src.exclude).match_name)
 
     def _known_mounts(self) -> frozenset[str]:
         raw = self.ledger.get_meta(MOUNTS_KEY)
         return frozenset(json.loads(raw)) if raw else frozenset()
 
     def _remember_mounts(
-        self,
-        known: frozenset[str],
-        current: frozenset[str] | None,
-        result: ScanResult,
-        scope: tuple[str, ...] | None,
+        self, known: frozenset[str], result: ScanResult, scope: tuple[str, ...] | None
     ) -> None:
-        """Keep the mount points the next scan checks: those mounted now, those still missing
-        (unmounted: kept until mounted again or removed), and those the scan could not look at
-        (at or under an unreadable folder; nothing at all when the root itself could not be
-        read). The others are forgotten (the folder was removed, or holds files of its own).
-        A scoped scan only adds."""
-        if current is None or result.snapshot.root_problem is not None:
+        """Keep the mount points the next scan checks: those in the mount table when the scan
+        began or ended, those still missing (unmounted: kept until mounted again, or removed or
+        given images), and those the scan could not look at (at or under an unreadable
+        folder). Nothing is forgotten when the root could not be judged (a root problem, or no
+        image at all: an unmounted root hides the folders of the disks inside it). A scoped
+        scan only adds."""
+        seen = result.mounts_seen
+        snapshot = result.snapshot
+        if seen is None or snapshot.root_problem is not None:
             return
-        now = set(current) | set(result.unmounted)
-        if scope is None:
-            unscanned = result.snapshot.unscanned
+        now = set(seen) | set(result.unmounted)
+        if scope is None and snapshot.images:
+            unscanned = snapshot.unscanned
             now |= {m for m in known if any(_at_or_under(m, u) for u in unscanned)}
         else:
             now |= known
@@ -608,7 +617,6 @@ class Engine:
         known_mounts: frozenset[str] = frozenset(),
     ) -> ScanResult:
         src = self.config.source
-        root = src.root
         return scan(
             src.root,
             source_name=src.name,
@@ -621,7 +629,7 @@ class Engine:
             scope=scope,
             defer_new=defer_new,
             known_mounts=known_mounts,
-            mount_table=lambda: mounts_under(root),
+            mount_table=self._mount_table,
         )
 
     def _read_deferred(

@@ -166,6 +166,8 @@ class Executor:
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="syncd-send") as pool:
             for group in groups:
+                if errors:  # a stopped pass reads no further batch (but the one it was reading)
+                    break
                 prepared = self._prepare_adds(group)
                 if prepared is None:
                     continue
@@ -484,9 +486,15 @@ class Executor:
         self._run_parallel(self._delete_batch, chunks)
 
     def _delete_batch(self, ops: list[Operation]) -> None:
+        before = [self.ledger.input(op.input_id) for op in ops]
         self.ledger.put_inputs(_intent(op, InputState.DELETING) for op in ops)
         try:
             self.api.delete_inputs([op.input_id for op in ops])
+        except WaitRequested:
+            # refused (429/503) or never sent: nothing was deleted, so no delete intent stays
+            # behind to be resent later without a plan (the files may be back by then)
+            self.ledger.put_inputs(r for r in before if r is not None)
+            raise
         except (TransientError, RejectedError) as exc:
             self._request_failed("delete", exc)
             return

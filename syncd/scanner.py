@@ -121,6 +121,8 @@ class ScanResult:
     #: folders given as `known_mounts` that were not mount points (an empty folder left by
     #: an unmount), or stopped being one during the scan: not scanned, nothing judged missing
     unmounted: frozenset[str] = frozenset()
+    #: the mount points in the mount table when the scan began or ended (None: no table)
+    mounts_seen: frozenset[str] | None = None
 
     @property
     def files(self) -> tuple[FileRecord, ...]:
@@ -157,7 +159,7 @@ def scan(
     open_file: Callable[..., Any] | None = None,
     defer_new: bool = False,
     known_mounts: Iterable[str] = (),
-    mount_table: Callable[[], frozenset[str] | None] = lambda: None,
+    mount_table: Callable[[], Mapping[str, int] | None] = lambda: None,
 ) -> ScanResult:
     """Scan `root` (or only the relative paths in `scope`, files or directories) once.
 
@@ -168,11 +170,13 @@ def scan(
     but marked `deferred` (no sha256, no file record): the add that sends it reads it once,
     then hashes and judges those bytes (`judge_bytes`), instead of reading it twice.
 
-    `known_mounts`: folders that were mount points before; `mount_table`: those that are now
-    (syncd.mounts.mounts_under; None: not known). A known one that is not mounted and holds no
-    image, sidecar or folder (what an unmount leaves) is not scanned, and nothing under it is
-    judged missing: its files are not deleted remotely. The table is read again after the
-    walk: a disk unmounted meanwhile is treated the same.
+    `known_mounts`: folders that were mount points before; `mount_table`: those that are now,
+    with their mount ids (syncd.mounts.mounts_under; None: not known). A known one that is not
+    mounted and holds no image or sidecar (what an unmount leaves) is not scanned, and nothing
+    under it is judged missing: its files are not deleted remotely. After the walk the table
+    is read again, and a disk unmounted (or mounted again) meanwhile is treated the same; the
+    root is looked at again too, and a root that changed or went away meanwhile is a root
+    problem (nothing is judged missing at all).
     """
     started = time.monotonic()
     walker = _Scan(
@@ -259,8 +263,9 @@ class _Scan:
         self.open_file = options["open_file"]
         self.defer_new: bool = options["defer_new"]
         self.known_mounts: frozenset[str] = options["known_mounts"]
-        self.mount_table: Callable[[], frozenset[str] | None] = options["mount_table"]
-        self.mounted: frozenset[str] | None = None
+        self.mount_table: Callable[[], Mapping[str, int] | None] = options["mount_table"]
+        self.mounted: Mapping[str, int] | None = None
+        self.mounts_seen: set[str] | None = None
         self.unmounted: set[str] = set()
         self.images: dict[str, LocalImage] = {}
         self.records: dict[str, FileRecord] = {}
@@ -275,7 +280,9 @@ class _Scan:
 
     def run(self, scope: list[str] | None) -> LocalSnapshot:
         root_id, problem = self._check_root()
-        self.mounted = self.mount_table() if self.known_mounts else None
+        self.mounted = self.mount_table()
+        if self.mounted is not None:
+            self.mounts_seen = set(self.mounted)
         if problem is not None:
             log.warning("scan_root_problem", problem=problem)
             return LocalSnapshot(images={}, root_problem=problem, scope=_scope_tuple(scope))
@@ -290,6 +297,10 @@ class _Scan:
         else:
             scope = self._scan_scope(sorted(set(scope)), root_id)
         self._recheck_mounts()
+        changed = self._root_changed(root_id)
+        if changed is not None:
+            log.warning("scan_root_problem", problem=changed)
+            return LocalSnapshot(images={}, root_problem=changed, scope=_scope_tuple(scope))
         self._mark_id_conflicts()
         return LocalSnapshot(
             images=dict(sorted(self.images.items())),
@@ -300,7 +311,7 @@ class _Scan:
 
     def result(self, snapshot: LocalSnapshot, seconds: float) -> ScanResult:
         held = sum(1 for image in snapshot.images.values() if image.problem is not None)
-        problems = held + len(self.orphans) + len(self.unscanned) + len(self.skipped)
+        problems = held + len(self.orphans) + len(self.unscanned | set(self.skipped))
         stats = ScanStats(seconds=seconds, problems=problems, **self.counts)
         log.info(
             "scan_finished",
@@ -317,6 +328,7 @@ class _Scan:
             stats,
             dict(sorted(self.skipped.items())),
             frozenset(self.unmounted),
+            None if self.mounts_seen is None else frozenset(self.mounts_seen),
         )
 
     def _check_root(self) -> tuple[tuple[int, int], str | None]:
@@ -477,6 +489,8 @@ class _Scan:
         except OSError as exc:
             reason = f"{'broken symlink' if is_link else 'cannot stat'}: {os_error_reason(exc)}"
             self._skip(_join(rel_dir, name), reason)
+            if is_link:  # a followed link to a disk that went away: nothing under it is gone
+                self.unscanned.add(_join(rel_dir, name))
             return
         if statmod.S_ISDIR(mode):
             self._add_dir(_join(rel_dir, name), entry, listing)
@@ -514,16 +528,30 @@ class _Scan:
         return True
 
     def _recheck_mounts(self) -> None:
-        """A disk unmounted while the scan walked it: what the walk saw of it may be the empty
-        folder below, so nothing under it is judged missing."""
+        """A disk unmounted (or unmounted and mounted again) while the scan walked it: what the
+        walk saw of it may be the empty folder below, so nothing under it is judged missing."""
         if self.mounted is None:
             return
         now = self.mount_table()
         if now is None:
             return
-        for rel in sorted(self.mounted - now):
-            if rel not in self.unmounted:
+        assert self.mounts_seen is not None
+        self.mounts_seen |= set(now)
+        for rel, mount_id in sorted(self.mounted.items()):
+            if now.get(rel) != mount_id and rel not in self.unmounted:
                 self._keep_unmounted(rel, "a file system was unmounted here during the scan")
+
+    def _root_changed(self, root_id: tuple[int, int]) -> str | None:
+        """The root unmounted (or its disk) while the scan walked it: folders not yet walked
+        then looked gone, so nothing may be judged missing."""
+        shown = display_path(self.root)
+        try:
+            st = self.stat(self.root)
+        except OSError:
+            return f"root {shown} went away during the scan"
+        if (st.st_dev, st.st_ino) != root_id:
+            return f"root {shown} changed during the scan (unmounted or mounted again?)"
+        return None
 
     def _keep_unmounted(self, rel: str, why: str) -> None:
         self.unmounted.add(rel)
@@ -535,22 +563,21 @@ class _Scan:
         log.warning("scan_mount_missing", path=display_path(rel), reason=why)
 
     def _has_content(self, rel: str) -> bool:
-        """Whether the folder holds an image, a sidecar or a folder the scan would look at
-        (hidden and excluded names, a `.not-mounted` marker say, do not count). True when
-        it cannot be listed: the scan then reports that instead."""
-        try:
-            with os.scandir(self._abs(rel)) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if self.exclude.match_name(name):
-                        continue
-                    if is_sidecar_name(name) or self.include.match_name(name):
-                        return True
-                    if entry.is_dir(follow_symlinks=False):
-                        return True
-        except OSError:
-            return True
-        return False
+        """Whether the folder holds, at any depth, an image or a sidecar the scan would look at
+        (hidden and excluded names, empty folders such as a NAS's `@eaDir`, and a
+        `.not-mounted` marker do not count). True when it cannot be listed: the scan then
+        reports that instead."""
+        failed: list[OSError] = []
+        for _folder, dirs, names in os.walk(self._abs(rel), onerror=failed.append):
+            dirs[:] = [d for d in dirs if not self.exclude.match_name(d)]
+            for name in names:
+                if self.exclude.match_name(name):
+                    continue
+                if is_sidecar_name(name) or self.include.match_name(name):
+                    return True
+            if failed:
+                return True
+        return bool(failed)
 
     def _process(
         self,

@@ -41,7 +41,7 @@ from syncd.emulator import Emulator
 from syncd.engine import Engine, PassOptions, open_engine
 from syncd.errors import SyncdError
 from syncd.ledger import Ledger
-from syncd.model import MARKER_KEY, LocalSnapshot
+from syncd.model import MARKER_KEY, FileStat, LocalImage, LocalSnapshot
 from syncd.sample import png_bytes
 from syncd.scanner import ScanResult, ScanStats
 
@@ -531,29 +531,43 @@ def test_a_secret_in_the_config_file_is_refused_without_echoing_it(
     assert "SECRETSECRET" not in result.output + result.stderr
 
 
+_ONE_IMAGE = {
+    "a.png": LocalImage("a.png", FileStat(1, 1, 1, 1), "id-a", "0" * 64, None),
+}
+
+
 @pytest.mark.parametrize(
     ("snapshot", "kept"),
     [
-        (LocalSnapshot(images={}, unscanned=("nas",)), '["nas"]'),  # the mount point unreadable
-        (LocalSnapshot(images={}, unscanned=("",)), '["nas"]'),  # the root unreadable
+        (LocalSnapshot(images=_ONE_IMAGE, unscanned=("nas",)), '["nas"]'),
+        (LocalSnapshot(images=_ONE_IMAGE, unscanned=("x",)), "[]"),
         (LocalSnapshot(images={}, root_problem="root is gone"), '["nas"]'),
-        (LocalSnapshot(images={}), "[]"),  # looked at, and no longer a mount point: forgotten
+        (LocalSnapshot(images={}), '["nas"]'),
+        (LocalSnapshot(images=_ONE_IMAGE), "[]"),
     ],
-    ids=["mount-point-unreadable", "root-unreadable", "root-problem", "looked-at"],
+    ids=[
+        "mount-point-unreadable",
+        "another-folder-unreadable",
+        "root-problem",
+        "root-holds-no-image",
+        "looked-at",
+    ],
 )
 def test_mount_points_the_scan_could_not_look_at_are_kept(
     tmp_path: Path, emu: Emulator, snapshot: LocalSnapshot, kept: str
 ) -> None:
-    """A noted mount point is forgotten only when a full scan looked and found an ordinary
-    folder (or none): not when the folder, or the root, could not be read (a dead FUSE mount
-    answers ENOTCONN; a NAS root may be missing), else a later unmount would delete its
-    inputs."""
+    """A noted mount point is forgotten only when a full scan looked and found it neither
+    mounted nor missing (the folder removed, or given images): not when the folder could not
+    be read (a dead FUSE mount answers ENOTCONN), nor when the root could not be judged (gone,
+    or holding no image at all: an unmounted root hides the folders of the disks inside it),
+    else a later unmount would delete its inputs."""
     site = make_site(tmp_path, emu)
     engine = open_site_engine(site)
     try:
         engine.ledger.set_meta("mount_points", '["nas"]')
-        result = ScanResult(snapshot, (), ScanStats(0, 0, 0, 0, 0, 0))
-        engine._remember_mounts(frozenset({"nas"}), frozenset(), result, None)
+        stats = ScanStats(0, 0, 0, 0, 0, 0)
+        result = ScanResult(snapshot, (), stats, mounts_seen=frozenset())
+        engine._remember_mounts(frozenset({"nas"}), result, None)
         assert engine.ledger.get_meta("mount_points") == kept
     finally:
         engine.close()

@@ -1163,24 +1163,24 @@ def test_scoped_scan_agrees_with_a_full_scan(tree: Path, scope: list[str]) -> No
 # --- mount points ----------------------------------------------------------------------------
 
 
-def _table(*sequence: frozenset[str]) -> Callable[[], frozenset[str]]:
-    """A mount table answering these sets in turn (the last one from then on)."""
+def _table(*sequence: dict[str, int]) -> Callable[[], dict[str, int]]:
+    """A mount table answering these in turn (the last one from then on)."""
     answers = list(sequence)
 
-    def read() -> frozenset[str]:
+    def read() -> dict[str, int]:
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
     return read
 
 
 def test_an_unmounted_disk_is_not_judged_missing(tmp_path: Path) -> None:
-    """A known mount point that is not mounted and holds nothing (what an unmount leaves) is
+    """A known mount point that is not mounted and holds no image (what an unmount leaves) is
     not scanned: nothing under it is judged missing, and it is reported. A hidden marker file
-    in it (`.not-mounted`) does not make it a folder of its own."""
+    (`.not-mounted`) and an empty folder (a NAS's `@eaDir`) do not make it a folder of its own."""
     write_image(tmp_path / "local" / "a.jpg")
-    (tmp_path / "nas").mkdir()
+    (tmp_path / "nas" / "@eaDir").mkdir(parents=True)
     (tmp_path / "nas" / ".not-mounted").write_text("")
-    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset()))
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table({}))
     assert result.unmounted == frozenset({"nas"})
     assert result.snapshot.unscanned == ("nas",)
     assert not result.snapshot.covers("nas/deep/b.jpg")
@@ -1188,10 +1188,7 @@ def test_an_unmounted_disk_is_not_judged_missing(tmp_path: Path) -> None:
     assert "mounted here and is not now" in result.skipped["nas"]
 
     scoped = run(
-        tmp_path,
-        known_mounts=["nas"],
-        mount_table=_table(frozenset()),
-        scope=["nas/deep/b.jpg", "nas"],
+        tmp_path, known_mounts=["nas"], mount_table=_table({}), scope=["nas/deep/b.jpg", "nas"]
     )
     assert scoped.snapshot.unscanned == ("nas",)
     assert not scoped.snapshot.covers("nas/deep/b.jpg")
@@ -1200,33 +1197,70 @@ def test_an_unmounted_disk_is_not_judged_missing(tmp_path: Path) -> None:
 def test_a_mounted_disk_is_scanned_as_usual(tmp_path: Path) -> None:
     """A known mount point that is mounted is scanned like any folder."""
     write_image(tmp_path / "nas" / "b.jpg")
-    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset({"nas"})))
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table({"nas": 7}))
     assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
     assert sorted(result.snapshot.images) == ["nas/b.jpg"]
     assert result.snapshot.covers("nas/gone.jpg")
+    assert result.mounts_seen == frozenset({"nas"})
 
 
-def test_a_former_mount_point_with_files_of_its_own_is_an_ordinary_folder(
+def test_a_former_mount_point_with_images_of_its_own_is_an_ordinary_folder(
     tmp_path: Path,
 ) -> None:
-    """Images put in the folder (the disk's data copied onto the root's file system) say it
-    is an ordinary folder now: scanned, and its absent files judged missing as anywhere."""
-    write_image(tmp_path / "nas" / "b.jpg")
-    result = run(tmp_path, known_mounts=["nas"], mount_table=_table(frozenset()))
+    """Images put in the folder, at any depth (the disk's data copied onto the root's file
+    system) say it is an ordinary folder now: scanned, its absent files judged missing."""
+    write_image(tmp_path / "nas" / "sub" / "b.jpg")
+    result = run(tmp_path, known_mounts=["nas"], mount_table=_table({}))
     assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
-    assert sorted(result.snapshot.images) == ["nas/b.jpg"]
+    assert sorted(result.snapshot.images) == ["nas/sub/b.jpg"]
     assert result.snapshot.covers("nas/gone.jpg")
 
 
-def test_a_disk_unmounted_during_the_scan_is_not_judged_missing(tmp_path: Path) -> None:
-    """Mounted when the scan began, gone from the table when it ended: what the walk saw of
-    it may be the empty folder below, so nothing under it is judged missing."""
+@pytest.mark.parametrize("known", [["nas"], []], ids=["noted", "never-noted"])
+@pytest.mark.parametrize("after", [{}, {"nas": 8}], ids=["unmounted", "mounted-again"])
+def test_a_disk_unmounted_during_the_scan_is_not_judged_missing(
+    tmp_path: Path, known: list[str], after: dict[str, int]
+) -> None:
+    """In the table when the scan began, gone from it (or there under a new mount id: unmounted
+    and mounted again) when it ended: what the walk saw of it may be the empty folder below,
+    so nothing under it is judged missing, noted before or not (a first pass too)."""
     write_image(tmp_path / "nas" / "b.jpg")
-    table = _table(frozenset({"nas"}), frozenset())
-    result = run(tmp_path, known_mounts=["nas"], mount_table=table)
+    result = run(tmp_path, known_mounts=known, mount_table=_table({"nas": 7}, after))
     assert result.unmounted == frozenset({"nas"}) and result.snapshot.unscanned == ("nas",)
     assert not result.snapshot.covers("nas/gone.jpg")
     assert "during the scan" in result.skipped["nas"]
+
+
+def test_a_root_that_changes_during_the_scan_judges_nothing_missing(tmp_path: Path) -> None:
+    """The root (or the disk it is on) unmounted while the scan walked it: the folders not yet
+    walked looked gone, so the whole snapshot is a root problem: nothing judged missing."""
+    write_image(tmp_path / "a" / "x.jpg")
+    looks = []
+
+    def stat(path: str) -> Any:
+        st = os.stat(path)
+        if path == str(tmp_path):
+            looks.append(path)
+            if len(looks) > 1:  # the second look at the root: another folder is there now
+                return os.stat(tmp_path / "a")
+        return st
+
+    result = run(tmp_path, stat=stat)
+    assert result.snapshot.root_problem is not None
+    assert "changed during the scan" in result.snapshot.root_problem
+    assert not result.snapshot.covers("a/x.jpg")
+
+
+def test_a_followed_link_to_a_disk_that_went_away_is_not_judged_missing(tmp_path: Path) -> None:
+    """With follow_symlinks, a link to a folder on a disk that was unmounted (its target gone)
+    is reported and nothing under it is judged missing."""
+    root = tmp_path / "root"
+    write_image(root / "local.jpg")
+    (root / "photos").symlink_to(tmp_path / "media" / "DISK")
+    result = run(root, follow_symlinks=True)
+    assert "photos" in result.snapshot.unscanned
+    assert not result.snapshot.covers("photos/a.jpg")
+    assert result.snapshot.covers("gone.jpg")
 
 
 def test_without_a_mount_table_nothing_is_judged_unmounted(tmp_path: Path) -> None:
@@ -1234,3 +1268,4 @@ def test_without_a_mount_table_nothing_is_judged_unmounted(tmp_path: Path) -> No
     (tmp_path / "nas").mkdir()
     result = run(tmp_path, known_mounts=["nas"], mount_table=lambda: None)
     assert result.unmounted == frozenset() and result.snapshot.unscanned == ()
+    assert result.mounts_seen is None
