@@ -39,7 +39,7 @@ from syncd.api import ClarifaiApi
 from syncd.config import load_config, resolve_api_key
 from syncd.emulator import Emulator
 from syncd.engine import Engine, PassOptions, open_engine
-from syncd.errors import SyncdError
+from syncd.errors import SyncdError, WaitRequested
 from syncd.ledger import Ledger
 from syncd.model import MARKER_KEY, FileStat, LocalImage, LocalSnapshot
 from syncd.sample import png_bytes
@@ -571,3 +571,46 @@ def test_mount_points_the_scan_could_not_look_at_are_kept(
         assert engine.ledger.get_meta("mount_points") == kept
     finally:
         engine.close()
+
+
+def test_deletes_refused_with_a_long_wait_leave_no_delete_intent(
+    tmp_path: Path, manual_emulator: Emulator
+) -> None:
+    """The daemon's client (max_wait 30 s) meeting a 429 that asks for 300 s while deleting:
+    the pass stops (WaitRequested), nothing was deleted, and no input is left `deleting`
+    (such an intent is resent later without a plan, though the files may be back by then).
+    The pass's ledger row says it was cut short, with a non-zero exit code. The emulator's
+    clock stands still, so its one-second window, once full, stays full."""
+    emu = manual_emulator
+    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "batch_size": 2})
+    for i in range(6):
+        site.image(f"{i}.png", i)
+    assert reconcile(site, "--no-wait").exit_code == 0
+    emu.advance(5)
+    assert reconcile(site).exit_code == 0  # statuses polled: all processed
+    before = site.ledger_inputs()
+    assert len(before) == 6
+    for i in range(4):
+        (site.root / f"{i}.png").unlink()
+    emu.set_faults(throttle_rps=1, retry_after=300)
+    api_call(emu, "GET", {}, "/v2/inputs/status")  # fills the window
+    saved = {k: os.environ.get(k) for k in site.env}
+    os.environ.update(site.env)
+    try:
+        engine = open_engine(load_config(site.config), max_wait=30.0)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        with pytest.raises(WaitRequested):
+            engine.sync_once(PassOptions(local_only=True))
+        last = engine.ledger.last_pass()
+    finally:
+        engine.close()
+    assert len(emu.store_snapshot()) == 6
+    assert {r.state for r in site.ledger_inputs().values()} == {r.state for r in before.values()}
+    assert last is not None and last["exit_code"] == 3
+    assert last["summary"]["errors"] >= 1
