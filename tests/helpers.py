@@ -194,11 +194,11 @@ def sync_pass(site: Site, *, explain: bool = False, **options: Any) -> SyncRepor
         engine.close()
 
 
-def open_site_engine(site: Site, *, explain: bool = False) -> Engine:
+def open_site_engine(site: Site, *, explain: bool = False, max_wait: float | None = None) -> Engine:
     saved = {k: os.environ.get(k) for k in site.env}
     os.environ.update(site.env)
     try:
-        return open_engine(load_config(site.config), explain=explain)
+        return open_engine(load_config(site.config), explain=explain, max_wait=max_wait)
     finally:
         for key, value in saved.items():
             if value is None:

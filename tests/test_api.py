@@ -521,6 +521,18 @@ def test_an_answer_lost_on_the_way_is_retried_not_bisected(scripted: Scripted) -
     api.close()
 
 
+def _daemons_client(scripted: Scripted, ft: FakeTime) -> ClarifaiApi:
+    """A client as the daemon makes it: a wait over 30 s is left to the caller."""
+    return ClarifaiApi(
+        scripted.url,
+        SECRET,
+        max_requests_per_second=None,
+        max_wait=30.0,
+        sleep=ft.sleep,
+        clock=ft.clock,
+    )
+
+
 def test_a_wait_longer_than_max_wait_is_left_to_the_caller(scripted: Scripted) -> None:
     """With `max_wait` (the daemon's client), a Retry-After longer than it is not slept out
     inside the request: the request fails at once (WaitRequested, the wait in `retry_after`),
@@ -529,14 +541,7 @@ def test_a_wait_longer_than_max_wait_is_left_to_the_caller(scripted: Scripted) -
     for status, code in ((429, 11005), (503, 10020)):
         scripted.reply(status, {"status": {"code": code}}, {"Retry-After": "300"})
         ft = FakeTime(frozen=True)
-        api = ClarifaiApi(
-            scripted.url,
-            SECRET,
-            max_requests_per_second=None,
-            max_wait=30.0,
-            sleep=ft.sleep,
-            clock=ft.clock,
-        )
+        api = _daemons_client(scripted, ft)
         seen = len(scripted.seen)
         with pytest.raises(WaitRequested, match="asked to wait 300 s") as info:
             api.check_auth()
@@ -550,14 +555,7 @@ def test_a_wait_longer_than_max_wait_is_left_to_the_caller(scripted: Scripted) -
     scripted.reply(429, {"status": {"code": 11005}}, {"Retry-After": "3"})
     scripted.reply(200, OK)
     ft = FakeTime()
-    api = ClarifaiApi(
-        scripted.url,
-        SECRET,
-        max_requests_per_second=None,
-        max_wait=30.0,
-        sleep=ft.sleep,
-        clock=ft.clock,
-    )
+    api = _daemons_client(scripted, ft)
     api.check_auth()
     assert ft.sleeps == [3.0]
     api.close()

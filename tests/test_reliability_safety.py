@@ -149,6 +149,16 @@ def _mount_tmpfs(folder: Path) -> bool:
     return done.returncode == 0
 
 
+def _site_with_a_disk_inside(tmp_path: Path, emu: Emulator) -> tuple[Site, Path]:
+    """A site with no delete limits and a tmpfs mounted at `nas` in its root (skips unless
+    this runs as root)."""
+    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
+    nas = site.root / "nas"
+    if os.geteuid() != 0 or not _mount_tmpfs(nas):
+        pytest.skip("needs root to mount a tmpfs")
+    return site, nas
+
+
 def _umount(folder: Path) -> None:
     subprocess.run(["umount", str(folder)], check=True)
 
@@ -160,10 +170,7 @@ def test_a_disk_unmounted_inside_the_root_is_not_deleted(
     left) after passes that ended in step (so the quick check runs): its inputs stay, pass
     after pass, whatever the delete limits, and the folder is reported. Files put back after
     mounting again are in step; removing the folder deletes its inputs."""
-    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
-    nas = site.root / "nas"
-    if os.geteuid() != 0 or not _mount_tmpfs(nas):
-        pytest.skip("needs root to mount a tmpfs")
+    site, nas = _site_with_a_disk_inside(tmp_path, emu)
     try:
         site.image("local.png", 1)
         for i in range(3):
@@ -200,10 +207,7 @@ def test_a_ledger_that_never_noted_the_mount_points_learns_them_first(
     """A ledger in step that has no note of mount points (one written by an older syncd)
     does not take the quick check while a disk is mounted in the root: the full path notes
     it, so a later unmount deletes nothing."""
-    site = make_site(tmp_path, emu, sync={"max_delete_fraction": 1.0, "max_delete": 1000})
-    nas = site.root / "nas"
-    if os.geteuid() != 0 or not _mount_tmpfs(nas):
-        pytest.skip("needs root to mount a tmpfs")
+    site, nas = _site_with_a_disk_inside(tmp_path, emu)
     try:
         site.image("local.png", 1)
         site.image("nas/0.png", 10)
@@ -594,16 +598,7 @@ def test_deletes_refused_with_a_long_wait_leave_no_delete_intent(
         (site.root / f"{i}.png").unlink()
     emu.set_faults(throttle_rps=1, retry_after=300)
     api_call(emu, "GET", {}, "/v2/inputs/status")  # fills the window
-    saved = {k: os.environ.get(k) for k in site.env}
-    os.environ.update(site.env)
-    try:
-        engine = open_engine(load_config(site.config), max_wait=30.0)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    engine = open_site_engine(site, max_wait=30.0)
     try:
         with pytest.raises(WaitRequested):
             engine.sync_once(PassOptions(local_only=True))
