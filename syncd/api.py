@@ -440,7 +440,7 @@ class ClarifaiApi:
         """Sleep out this request's backoff and any global throttle pause, then take a token.
 
         A pause longer than `max_wait` (another worker's answer asked for it) raises
-        ThrottledError at once, as that answer did."""
+        WaitRequested at once, as that answer did, and the request is not sent."""
         with self._lock:
             target = max(own_not_before, self._paused_until)
         wait = target - self._clock()

@@ -711,10 +711,10 @@ class Daemon:
                 self.rescan_due_since = now - RESCAN_MAX_DEFER
 
     def _check_mounts(self) -> None:
-        """A disk mounted or unmounted inside the root (the kernel's mount table, read without
-        touching any mounted file system): the watches stay on the file system they were put
-        on, so the watcher restarts, and a full local pass looks (an unmounted disk's folder
-        is judged without deleting its inputs, see syncd/mounts.py)."""
+        """A disk mounted or unmounted inside the root (the kernel's mount table, which names
+        them without reading them): the watches stay on the file system they were put on, so
+        the watcher restarts, and a full local pass looks (an unmounted disk's folder is judged
+        without deleting its inputs, see syncd/mounts.py)."""
         src = self.config.source
         mounts = mounts_under(src.root, exclude=Patterns(src.exclude).match_name)
         if mounts is None or mounts == self.mounts:
