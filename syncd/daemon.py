@@ -679,8 +679,11 @@ class Daemon:
             else:
                 self.full_local = self.full_local or f"{job.kind} pass failed"
             return
+        root = self.config.source.root
         for path in job.scope:
             self.batch.setdefault(path, now)
+            if os.path.isdir(os.path.join(root, path)):  # a folder still counts as one
+                self.batch_dirs.add(path)
         if self.batch_started is None:
             self.batch_started = now
 

@@ -28,7 +28,7 @@ import requests
 from structlog.testing import capture_logs
 
 from syncd.config import Config, load_config
-from syncd.daemon import BATCH_WINDOW, Backoff, Daemon, Throttle, merge_reload
+from syncd.daemon import BATCH_WINDOW, Backoff, Daemon, Job, Throttle, merge_reload
 from syncd.emulator import Emulator
 from syncd.engine import SyncReport
 from syncd.errors import AuthError, TransientError
@@ -1059,6 +1059,18 @@ def test_a_burst_long_over_does_not_make_the_next_one_partial(tmp_path: Path) ->
     assert list(daemon.batch) == ["a.png", "b.png"] and daemon.held_since is None
     daemon._start_next(now + 2)
     assert started == []
+
+
+def test_a_failed_pass_requeues_its_folders_as_folders(tmp_path: Path) -> None:
+    """After a failed watch pass its paths wait for the next try, and its folders still do
+    not count towards a batch (else they could go with held files: one request too many)."""
+    daemon, _started = _batching_daemon(tmp_path)
+    root = Path(daemon.config.source.root)
+    (root / "d").mkdir()
+    now = time.monotonic()
+    job = Job("watch", ("d", "d/a.png"), lambda: None, now)
+    daemon._requeue(job, now)
+    assert list(daemon.batch) == ["d", "d/a.png"] and daemon.batch_dirs == {"d"}
 
 
 def test_folders_wait_with_a_held_batch(tmp_path: Path) -> None:
