@@ -35,8 +35,7 @@ from syncd.config import Config, check_root, resolve_api_key
 from syncd.errors import AuthError, ConfigError, LedgerError, SyncdError, TransientError
 from syncd.logs import configure_logging
 from syncd.model import OpKind
-from syncd.mounts import mounts_under
-from syncd.scanner import Patterns
+from syncd.scanner import mount_table
 from syncd.sdnotify import Notifier, watchdog_interval
 from syncd.watcher import (
     ChangeQueue,
@@ -719,7 +718,7 @@ class Daemon:
         the watcher restarts, and a full local pass looks (an unmounted disk's folder is judged
         without deleting its inputs, see syncd/mounts.py)."""
         src = self.config.source
-        mounts = mounts_under(src.root, exclude=Patterns(src.exclude).match_name)
+        mounts = mount_table(src.root, src.exclude)
         if mounts is None or mounts == self.mounts:
             return
         if self.mounts is not None:

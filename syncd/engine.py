@@ -33,7 +33,6 @@ from syncd.model import (
     OpKind,
     RemoteInput,
 )
-from syncd.mounts import mounts_under
 from syncd.planner import RemoteReport, fold_remote, plan, state_for_code
 from syncd.progress import NoProgress, Progress
 from syncd.remote import remote_input
@@ -42,8 +41,8 @@ from syncd.scanner import (
     RACY_WINDOW_NS,
     FileRecord,
     KnownFile,
-    Patterns,
     ScanResult,
+    mount_table,
     read_deferred,
     scan,
 )
@@ -466,7 +465,7 @@ class Engine:
 
     def _mount_table(self) -> dict[str, int] | None:
         src = self.config.source
-        return mounts_under(src.root, exclude=Patterns(src.exclude).match_name)
+        return mount_table(src.root, src.exclude)
 
     def _known_mounts(self) -> frozenset[str]:
         raw = self.ledger.get_meta(MOUNTS_KEY)

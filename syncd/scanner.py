@@ -35,6 +35,7 @@ from syncd.imageformat import (
     sniff_format,
 )
 from syncd.model import FileStat, Labels, LocalImage, LocalSnapshot, derive_input_id
+from syncd.mounts import mounts_under
 from syncd.sidecar import (
     SIDECAR_MAX_BYTES,
     SidecarContent,
@@ -139,6 +140,12 @@ class ScanResult:
     def seen_paths(self) -> set[str]:
         """Every path this scan has a record for (written or unchanged)."""
         return {*self.snapshot.images, *(r.path for r in self.changed)}
+
+
+def mount_table(root: Path | str, exclude: Iterable[str]) -> dict[str, int] | None:
+    """The mount points inside `root` that a scan with these exclude patterns looks into
+    (syncd.mounts.mounts_under), with their mount ids; None when there is no table."""
+    return mounts_under(root, exclude=Patterns(exclude).match_name)
 
 
 def scan(
@@ -517,7 +524,7 @@ class _Scan:
 
     def _is_unmounted(self, rel: str) -> bool:
         """Whether `rel`, a mount point before, is an unmounted one now: not in the mount table
-        and holding no image, sidecar or folder (what an unmount leaves). Then it is not
+        and holding no image or sidecar at any depth (what an unmount leaves). Then it is not
         scanned and nothing under it is judged missing. An unmounted disk is not a deleted
         dataset; removing the folder says it is, and files put in it make it a folder again."""
         if self.mounted is None or rel not in self.known_mounts or rel in self.mounted:
